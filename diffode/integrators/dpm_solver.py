@@ -1,0 +1,246 @@
+"""``DPMSolver``: the familiar DPM-Solver front (``sample``, ``inverse``, ``add_noise``) over diffode's integrators."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor
+
+from diffode._utils import Number, check_choice, check_finite_number
+from diffode.controllers import AdaptiveController
+from diffode.integrators.adaptive import DPMSolverAdaptive
+from diffode.integrators.base import Integrator
+from diffode.integrators.grids import TimeGrid, get_grid
+from diffode.integrators.multistep import DPMSolverMultistep
+from diffode.integrators.singlestep import DPMSolverSinglestep
+from diffode.models.parameterizations import Scaled
+from diffode.models.predictor import Predictor
+from diffode.schedules.base import NoiseSchedule, TimePoint
+from diffode.solve import Solution, solve, solve_adaptive
+
+__all__ = ["DPMSolver", "CorrectedData", "dynamic_thresholding", "singlestep_orders"]
+
+ALGORITHMS = {"dpmsolver": "noise", "dpmsolver++": "data"}
+METHODS = ("singlestep", "singlestep_fixed", "multistep", "adaptive")
+
+
+def dynamic_thresholding(x0: Tensor, ratio: float = 0.995, max_val: float = 1.0) -> Tensor:
+    r"""Imagen's dynamic thresholding: per sample, $s = \max(q_{ratio}(|x_0|), \text{max\_val})$, then $\mathrm{clip}(x_0, -s, s)/s$."""
+    flat = x0.abs().reshape(x0.shape[0], -1)
+    s = torch.quantile(flat.float() if flat.dtype in (torch.float16, torch.bfloat16) else flat, ratio, dim=1)
+    s = torch.clamp_min(s, max_val).to(x0.dtype).reshape(-1, *([1] * (x0.ndim - 1)))
+    return torch.maximum(torch.minimum(x0, s), -s) / s
+
+
+class CorrectedData(Predictor):
+    """A predictor whose data predictions pass through ``fn(x0, t)`` (e.g. dynamic thresholding)."""
+
+    def __init__(self, predictor: Predictor, fn: Callable[[Tensor, float], Tensor]):
+        self.predictor = predictor
+        self.schedule = predictor.schedule
+        self.fn = fn
+
+    def predict(self, x: Tensor, point: TimePoint, kind: str) -> Scaled:
+        if kind != "data":
+            return self.predictor.predict(x, point, kind)
+        return Scaled(self.fn(self.predictor.predict(x, point, "data").value(), point.t))
+
+
+def singlestep_orders(steps: int, order: int) -> list[int]:
+    """How DPM-Solver-fast splits ``steps`` evaluations into steps of order 3, 2 and 1 (as the paper does).
+
+    Order 3: ``steps = 3K`` gives ``[3]*(K-1) + [2, 1]``, ``3K+1`` gives ``[3]*K + [1]``, ``3K+2`` gives
+    ``[3]*K + [2]``; order 2: ``[2]*K`` plus a final ``1`` when ``steps`` is odd; order 1: ``[1]*steps``.
+    """
+    if order == 3:
+        k = steps // 3 + 1
+        if steps % 3 == 0:
+            return [3] * (k - 2) + [2, 1]
+        if steps % 3 == 1:
+            return [3] * (k - 1) + [1]
+        return [3] * (k - 1) + [2]
+    if order == 2:
+        return [2] * (steps // 2) + ([1] if steps % 2 else [])
+    return [1] * steps
+
+
+class DPMSolver:
+    """DPM-Solver and DPM-Solver++ with the arguments users of the reference implementation know.
+
+    Args:
+        model: The wrapped model (:func:`diffode.models.wrap` or any :class:`~diffode.models.Predictor`).
+        schedule: Its noise schedule (default: ``model.schedule``).
+        algorithm: ``"dpmsolver++"`` (data prediction; recommended, required for thresholding) or
+            ``"dpmsolver"`` (noise prediction).
+        correcting_x0_fn: ``None``, ``"dynamic_thresholding"`` or a callable ``fn(x0, t) -> x0``
+            applied to every data prediction (DPM-Solver++ only).
+        correcting_xt_fn: A callable ``fn(x, t, step) -> x`` applied after every step.
+        thresholding_max_val: The lower bound of the dynamic-thresholding scale.
+        dynamic_thresholding_ratio: The quantile of dynamic thresholding.
+
+    Attributes:
+        last_solution: The :class:`~diffode.solve.Solution` of the last call (with its exact ``nfe``).
+    """
+
+    def __init__(self, model: Predictor, schedule: NoiseSchedule | None = None, algorithm: str = "dpmsolver++",
+                 correcting_x0_fn: str | Callable | None = None, correcting_xt_fn: Callable | None = None,
+                 thresholding_max_val: float = 1.0, dynamic_thresholding_ratio: float = 0.995):
+        if not isinstance(model, Predictor):
+            raise TypeError("model must be a diffode Predictor; wrap a network with diffode.models.wrap(net, schedule, ...)")
+        if schedule is not None and schedule is not model.schedule:
+            raise ValueError("schedule differs from the model's own schedule (model.schedule)")
+        self.model = model
+        self.schedule = model.schedule
+        self.algorithm = check_choice("algorithm", algorithm, ALGORITHMS)
+        self.predict = ALGORITHMS[algorithm]
+        self.thresholding_max_val = check_finite_number("thresholding_max_val", thresholding_max_val, positive=True)
+        ratio = check_finite_number("dynamic_thresholding_ratio", dynamic_thresholding_ratio)
+        if not 0.0 < ratio <= 1.0:
+            raise ValueError(f"dynamic_thresholding_ratio must lie in (0, 1], got {ratio}")
+        self.dynamic_thresholding_ratio = ratio
+        if correcting_x0_fn == "dynamic_thresholding":
+            correcting_x0_fn = self.dynamic_thresholding_fn
+        elif isinstance(correcting_x0_fn, str):
+            raise ValueError(f"unknown correcting_x0_fn {correcting_x0_fn!r}; expected None, 'dynamic_thresholding' or a callable")
+        elif correcting_x0_fn is not None and not callable(correcting_x0_fn):
+            raise TypeError("correcting_x0_fn must be None, 'dynamic_thresholding' or a callable fn(x0, t)")
+        if correcting_x0_fn is not None and self.predict == "noise":
+            raise ValueError("correcting_x0_fn (thresholding) needs algorithm='dpmsolver++'; "
+                             "algorithm='dpmsolver' never forms the data prediction")
+        if correcting_xt_fn is not None and not callable(correcting_xt_fn):
+            raise TypeError("correcting_xt_fn must be None or a callable fn(x, t, step)")
+        self.correcting_x0_fn = correcting_x0_fn
+        self.correcting_xt_fn = correcting_xt_fn
+        self.predictor = model if correcting_x0_fn is None else CorrectedData(model, correcting_x0_fn)
+        self.last_solution: Solution | None = None
+
+    def dynamic_thresholding_fn(self, x0: Tensor, t=None) -> Tensor:
+        """Imagen's dynamic thresholding with this solver's ratio and max value."""
+        return dynamic_thresholding(x0, self.dynamic_thresholding_ratio, self.thresholding_max_val)
+
+    def add_noise(self, x0: Tensor, t: Tensor | Number, noise: Tensor | None = None) -> Tensor:
+        """$x_t = \\alpha_t x_0 + \\sigma_t\\epsilon$ (see :meth:`NoiseSchedule.add_noise`)."""
+        return self.schedule.add_noise(x0, t, noise)
+
+    def integrator(self, method: str, order: int, solver_type: str = "dpmsolver", warmup: str = "lower_order") -> Integrator:
+        """The integrator a ``method`` and ``order`` stand for."""
+        check_choice("method", method, METHODS)
+        if method == "multistep":
+            return DPMSolverMultistep(order, self.predict, solver_type, warmup=warmup)
+        if method == "adaptive":
+            return DPMSolverAdaptive(order, self.predict, solver_type)
+        return DPMSolverSinglestep(order, self.predict, solver_type)
+
+    def sample(self, x: Tensor, steps: int = 20, t_start: float | None = None, t_end: float | None = None,
+               order: int = 2, skip_type: str | TimeGrid | Sequence[float] = "time_uniform", method: str = "multistep", lower_order_final: bool = True,
+               denoise_to_zero: bool = False, solver_type: str = "dpmsolver", atol: float = 0.0078,
+               rtol: float = 0.05, return_intermediate: bool = False, warmup: str = "lower_order") -> Tensor | tuple[Tensor, list[Tensor]]:
+        """Sample from ``x`` at ``t_start`` (default T) down to ``t_end`` (default 1/N or 1e-3).
+
+        Args:
+            x: The initial noise $x_T$.
+            steps: Model evaluations for the fixed-grid methods (the adaptive method ignores it).
+            t_start: The start time.
+            t_end: The end time.
+            order: 1, 2 or 3 (2 or 3 for ``method="adaptive"``).
+            skip_type: ``"time_uniform"``, ``"logSNR"``, ``"time_quadratic"``, ``"karras"``, a
+                :class:`~diffode.integrators.grids.TimeGrid` or a sequence of times.
+            method: ``"multistep"``, ``"singlestep"`` (DPM-Solver-fast: ``steps`` evaluations split
+                into orders 3/2/1), ``"singlestep_fixed"`` (every step of ``order``; with fewer
+                ``steps`` than ``order``, one step of order ``steps``) or ``"adaptive"``.
+            lower_order_final: Lower orders on the last steps of a multistep run with fewer than 10
+                steps, which keeps tiny final steps stable.
+            denoise_to_zero: One more evaluation that returns the data prediction at ``t_end``.
+            solver_type: ``"dpmsolver"`` or ``"taylor"``.
+            atol: Absolute tolerance of the adaptive method.
+            rtol: Relative tolerance of the adaptive method.
+            return_intermediate: Also return every state on the grid.
+            warmup: ``"lower_order"`` or ``"singlestep"`` for multistep methods (see
+                :class:`~diffode.integrators.DPMSolverMultistep`).
+
+        Returns:
+            The sample, or the pair ``(sample, intermediates)`` with ``return_intermediate``. The
+            exact NFE is in ``self.last_solution.nfe``.
+        """
+        t_start = self.schedule.T if t_start is None else t_start
+        t_end = self.schedule.default_t_end if t_end is None else t_end
+        return self._run(x, steps, t_start, t_end, order, skip_type, method, lower_order_final, denoise_to_zero,
+                         solver_type, atol, rtol, return_intermediate, warmup, direction=-1)
+
+    def inverse(self, x: Tensor, steps: int = 20, t_start: float | None = None, t_end: float | None = None,
+                order: int = 2, skip_type: str | TimeGrid | Sequence[float] = "time_uniform", method: str = "multistep", lower_order_final: bool = True,
+                denoise_to_zero: bool = False, solver_type: str = "dpmsolver", atol: float = 0.0078,
+                rtol: float = 0.05, return_intermediate: bool = False, warmup: str = "lower_order") -> Tensor | tuple[Tensor, list[Tensor]]:
+        """Run the ODE forwards, from data at ``t_start`` (default 1/N or 1e-3) to noise at ``t_end`` (default T).
+
+        Takes the arguments of :meth:`sample`; DDIM inversion is ``order=1``.
+        """
+        t_start = self.schedule.default_t_end if t_start is None else t_start
+        t_end = self.schedule.T if t_end is None else t_end
+        return self._run(x, steps, t_start, t_end, order, skip_type, method, lower_order_final, denoise_to_zero,
+                         solver_type, atol, rtol, return_intermediate, warmup, direction=1)
+
+    def _run(self, x, steps, t_start, t_end, order, skip_type, method, lower_order_final, denoise_to_zero,
+             solver_type, atol, rtol, return_intermediate, warmup, direction):
+        if not isinstance(x, Tensor):
+            raise TypeError(f"x must be a tensor, got {type(x).__name__}")
+        if not x.is_floating_point() or x.ndim < 1:
+            raise ValueError(f"x must be a floating tensor of shape (B, ...), got dtype {x.dtype} and shape {tuple(x.shape)}")
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+        if isinstance(order, bool) or order not in (1, 2, 3):
+            raise ValueError(f"order must be 1, 2 or 3, got {order!r}")
+        check_choice("method", method, METHODS)
+        t_start = self.schedule.check_time("t_start", check_finite_number("t_start", t_start))
+        t_end = self.schedule.check_time("t_end", check_finite_number("t_end", t_end))
+        for name, value in (("t_start", t_start), ("t_end", t_end)):
+            if value <= 0.0:
+                raise ValueError(f"{name} must be > 0 (lambda is infinite at t = 0), got {value}")
+        if direction < 0 and not t_start > t_end:
+            raise ValueError(f"sampling needs t_start > t_end, got t_start={t_start}, t_end={t_end}; use inverse() to go from data to noise")
+        if direction > 0 and not t_start < t_end:
+            raise ValueError(f"inverse needs t_start < t_end, got t_start={t_start}, t_end={t_end}")
+        integrator = self.integrator(method, order, solver_type, warmup)
+        if method == "adaptive":
+            controller = AdaptiveController(atol=atol, rtol=rtol)
+            solution = solve_adaptive(self.predictor, x, integrator, t_start, t_end, controller,
+                                      correcting_xt_fn=self.correcting_xt_fn, return_intermediate=return_intermediate)
+        else:
+            grid = get_grid(skip_type)
+            if method == "multistep":
+                n, orders = steps, None
+            elif method == "singlestep":
+                orders = singlestep_orders(steps, order)
+                n = len(orders)
+            else:
+                n = max(steps // order, 1)
+                orders = [min(order, steps)] * n
+            times = self._grid(grid, t_start, t_end, steps, n, orders, method)
+            solution = solve(self.predictor, x, integrator, times, orders=orders, lower_order_final=lower_order_final,
+                             correcting_xt_fn=self.correcting_xt_fn, return_intermediate=return_intermediate)
+        if denoise_to_zero:
+            solution.x = self.predictor.data(solution.x, solution.times[-1])
+            solution.nfe += 1
+            if solution.intermediates is not None:
+                solution.intermediates.append(solution.x)
+        self.last_solution = solution
+        if return_intermediate:
+            return solution.x, solution.intermediates
+        return solution.x
+
+    def _grid(self, grid, t_start, t_end, steps, n, orders, method):
+        from diffode.integrators.grids import GivenTimes, UniformLambda
+
+        if isinstance(grid, GivenTimes):
+            times = grid.values
+            if times.numel() != n + 1:
+                raise ValueError(f"the given time grid has {times.numel() - 1} steps but method={method!r} "
+                                 f"with steps={steps} needs {n}")
+            return times
+        if method == "singlestep" and not isinstance(grid, UniformLambda):
+            # As the reference: take the full grid of `steps` points and keep the outer step ends.
+            full = grid.times(self.schedule, t_start, t_end, steps)
+            idx = torch.cumsum(torch.tensor([0, *orders]), 0)
+            return full[idx]
+        return grid.times(self.schedule, t_start, t_end, n)

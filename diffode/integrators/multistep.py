@@ -1,0 +1,96 @@
+r"""Multistep DPM-Solver and DPM-Solver++ (exponential Adams--Bashforth methods)."""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from diffode._utils import check_choice
+from diffode.integrators.base import ExponentialIntegrator, History, State, StepResult, exponential_update
+from diffode.integrators.singlestep import STAGES, run_stages
+from diffode.models.predictor import Predictor
+from diffode.schedules.base import TimePoint
+
+__all__ = ["DPMSolverMultistep"]
+
+WARMUPS = ("lower_order", "singlestep")
+
+
+class DPMSolverMultistep(ExponentialIntegrator):
+    r"""Multistep DPM-Solver: one model evaluation per step, earlier outputs reused.
+
+    The model output is interpolated through the current and the $k-1$ previous outputs (at
+    $c_j = (\lambda_j - \lambda_s)/h < 0$, unequal steps allowed) and the exponential integral of the
+    interpolant is taken exactly. In data form (DPM-Solver++, ``predict="data"``) with $k=2$ and
+    $r = h_{prev}/h$:
+    $$x_t = \frac{\sigma_t}{\sigma_s}x_s + \alpha_t h\Big[\varphi_1(-h)\,\hat x_0^{(s)}
+    + \varphi_2(-h)\,\frac{\hat x_0^{(s)} - \hat x_0^{(s-1)}}{r}\Big];$$
+    the ``"dpmsolver"`` solver type uses $\tfrac12\varphi_1(-h)$ for $\varphi_2(-h)$. At $k=3$ the
+    update adds $2\varphi_3(-h)$ times the second divided difference: exactly what the Taylor
+    expansion requires, so order 3 is truly third order (the reference implementation weights that
+    term by $\varphi_3$, half as much, and converges at order 2).
+
+    * Order: ``order`` (1, 2 or 3); 1 is DDIM.
+    * Model evaluations per step: 1.
+    * Error estimate: none.
+
+    Args:
+        order: 1, 2 or 3.
+        predict: ``"data"`` (DPM-Solver++) or ``"noise"`` (DPM-Solver).
+        solver_type: ``"dpmsolver"`` or ``"taylor"`` (they differ at order 2 only).
+        warmup: How the first steps run before enough outputs are stored. ``"lower_order"`` (as the
+            reference): orders 1, 2, ... on the first steps, NFE = steps, but a first-order first
+            step caps the global order at 2 where the model output varies at the start.
+            ``"singlestep"``: the first step of an order-3 method is a singlestep order-2 step (one
+            extra evaluation), which keeps global order 3.
+
+    ??? cite "Reference"
+        Lu et al., *DPM-Solver++: Fast Solver for Guided Sampling of Diffusion Probabilistic
+        Models*, arXiv:2211.01095.
+    """
+
+    evals_per_step = 1
+
+    def __init__(self, order: int = 2, predict: str = "data", solver_type: str = "dpmsolver",
+                 warmup: str = "lower_order"):
+        super().__init__(order, predict, solver_type)
+        self.warmup = check_choice("warmup", warmup, WARMUPS)
+
+    def __repr__(self) -> str:
+        return (f"DPMSolverMultistep(order={self.order}, predict={self.predict!r}, "
+                f"solver_type={self.solver_type!r}, warmup={self.warmup!r})")
+
+    def step_orders(self, n_steps: int, lower_order_final: bool = False) -> list[int]:
+        """Orders per step: the warm-up (by history) and, with ``lower_order_final`` and fewer than 10
+        steps, the reference's lower orders at the end, ``min(order, n_steps - i)``."""
+        orders = [min(self.order, i + 1) for i in range(n_steps)]
+        if self.warmup == "singlestep" and self.order >= 3:
+            orders = [min(self.order, i + 2) for i in range(n_steps)]
+        if lower_order_final and n_steps < 10:
+            orders = [min(o, n_steps - i) for i, o in enumerate(orders)]
+        return orders
+
+    def update_factors(self, n_nodes: int, z: float):
+        """Override point for variants that weight the Taylor terms differently (``None``: exact)."""
+        return None
+
+    def step(self, model: Predictor, x: Tensor, s: TimePoint, t: TimePoint, state: State,
+             order: int | None = None) -> StepResult:
+        order = self.order if order is None else order
+        m_s = self.evaluate(model, x, s)
+        history = (*state.history, History(s.lam, m_s))
+        nfe = 1
+        if t.lam == s.lam:
+            x_t = x.clone()
+        elif not state.history and order >= 2:
+            # First step at order >= 2: no earlier outputs, so take a singlestep step of that order.
+            x_t, nfe, _, _ = run_stages(self, model, x, s, t, STAGES[(order, self.solver_type)], m_s)
+        else:
+            used = history[-order:]
+            h = t.lam - s.lam
+            nodes = [(p.lam - s.lam) / h for p in used]
+            factors = self.update_factors(len(used), -h if self.predict == "data" else h)
+            x_t = exponential_update(x, s, t, [p.value for p in used], nodes, self.predict,
+                                     self.solver_type, factors)
+        keep = max(self.order - 1, 0)
+        new_state = State(history=history[len(history) - keep:] if keep else (), step_index=state.step_index + 1)
+        return StepResult(x=x_t, state=new_state, nfe=nfe)

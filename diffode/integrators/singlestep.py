@@ -1,0 +1,123 @@
+r"""Singlestep DPM-Solver and DPM-Solver++ (exponential Runge--Kutta methods)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import Tensor
+
+from diffode._utils import check_finite_number
+from diffode.integrators.base import ExponentialIntegrator, State, StepResult, exponential_update
+from diffode.models.parameterizations import Scaled
+from diffode.models.predictor import Predictor
+from diffode.schedules.base import TimePoint
+
+__all__ = ["DPMSolverSinglestep", "Stage", "run_stages", "stages_for"]
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage of a singlestep method.
+
+    Attributes:
+        c: Where the stage lands, as a fraction of the step in $\\lambda$ (1 for the step's end).
+        nodes: Which model outputs it uses: 0 is the output at the step start, ``i`` the output at
+            stage ``i``'s point.
+        solver_type: ``"taylor"`` (exact weights) or ``"dpmsolver"`` (the paper's order-2 weight).
+    """
+
+    c: float
+    nodes: tuple[int, ...]
+    solver_type: str = "taylor"
+
+
+def stages_for(order: int, solver_type: str, r1: float | None = None, r2: float | None = None) -> tuple[Stage, ...]:
+    """The stages of DPM-Solver-``order`` (defaults $r_1 = 1/2$ at order 2, $r_1, r_2 = 1/3, 2/3$ at order 3)."""
+    if order == 1:
+        return (Stage(1.0, (0,)),)
+    if order == 2:
+        r1 = 0.5 if r1 is None else r1
+        return (Stage(r1, (0,)), Stage(1.0, (0, 1), solver_type))
+    r1 = 1.0 / 3.0 if r1 is None else r1
+    r2 = 2.0 / 3.0 if r2 is None else r2
+    # "dpmsolver": the paper's DPM-Solver-3 ends with the two outputs at 0 and r2 only; it is third
+    # order because r2 = 2/3 cancels the leading error term. "taylor" uses all three.
+    final = (0, 1, 2) if solver_type == "taylor" else (0, 2)
+    return (Stage(r1, (0,)), Stage(r2, (0, 1)), Stage(1.0, final))
+
+
+STAGES = {(k, st): stages_for(k, st) for k in (1, 2, 3) for st in ("dpmsolver", "taylor")}
+
+
+def run_stages(integrator: ExponentialIntegrator, model: Predictor, x: Tensor, s: TimePoint, t: TimePoint,
+               stages: tuple[Stage, ...], m_s: Scaled) -> tuple[Tensor, int, list[Scaled], list[TimePoint]]:
+    """Run the stages of one singlestep step; returns the new state and what it used.
+
+    Returns:
+        ``(x_t, nfe, values, points)``: the new state, the evaluations this step used (``m_s``
+        included), and the model outputs and points of every stage (for embedded error estimates).
+    """
+    h = t.lam - s.lam
+    values, fractions, points = [m_s], [0.0], [s]
+    for stage in stages[:-1]:
+        point = model.schedule.point_at_lambda(s.lam + stage.c * h)
+        u = exponential_update(x, s, point, [values[j] for j in stage.nodes],
+                               [fractions[j] / stage.c for j in stage.nodes], integrator.predict, stage.solver_type)
+        values.append(integrator.evaluate(model, u, point))
+        fractions.append(stage.c)
+        points.append(point)
+    final = stages[-1]
+    x_t = exponential_update(x, s, t, [values[j] for j in final.nodes], [fractions[j] for j in final.nodes],
+                             integrator.predict, final.solver_type)
+    return x_t, len(stages), values, fractions
+
+
+class DPMSolverSinglestep(ExponentialIntegrator):
+    r"""Singlestep DPM-Solver: ``order`` model evaluations inside each step, nothing stored between steps.
+
+    Intermediate points sit at $\lambda_s + r_i h$. In data form (DPM-Solver++) the order-2 step is
+    $$u = \frac{\sigma_{s_1}}{\sigma_s}x_s + \alpha_{s_1} r_1 h\,\varphi_1(-r_1h)\,\hat x_0^{(s)},\qquad
+    x_t = \frac{\sigma_t}{\sigma_s}x_s + \alpha_t h\Big[\varphi_1(-h)\,\hat x_0^{(s)}
+    + \varphi_2(-h)\,\frac{\hat x_0^{(s_1)} - \hat x_0^{(s)}}{r_1}\Big],$$
+    (the ``"dpmsolver"`` type puts $\tfrac12\varphi_1(-h)$ for $\varphi_2(-h)$); order 3 adds a
+    stage at $r_2$ and ends with the exact integral of the quadratic interpolant (``"taylor"``) or of
+    the line through the outputs at 0 and $r_2$ (``"dpmsolver"``, the paper's DPM-Solver-3).
+
+    * Order: ``order`` (1, 2 or 3); 1 is DDIM.
+    * Model evaluations per step: ``order``.
+    * Error estimate: none (see :class:`~diffode.integrators.DPMSolverAdaptive`).
+
+    Args:
+        order: 1, 2 or 3.
+        predict: ``"data"`` (DPM-Solver++) or ``"noise"`` (DPM-Solver).
+        solver_type: ``"dpmsolver"`` or ``"taylor"``.
+        r1: First intermediate fraction (default 1/2 at order 2, 1/3 at order 3).
+        r2: Second intermediate fraction at order 3 (default 2/3).
+
+    ??? cite "Reference"
+        Lu et al., *DPM-Solver: A Fast ODE Solver for Diffusion Probabilistic Model Sampling in
+        Around 10 Steps*, NeurIPS 2022, arXiv:2206.00927.
+    """
+
+    def __init__(self, order: int = 3, predict: str = "data", solver_type: str = "dpmsolver",
+                 r1: float | None = None, r2: float | None = None):
+        super().__init__(order, predict, solver_type)
+        for name, r in (("r1", r1), ("r2", r2)):
+            if r is not None and not 0.0 < check_finite_number(name, r) < 1.0:
+                raise ValueError(f"{name} must lie in (0, 1), got {r}")
+        if r1 is not None and r2 is not None and r1 >= r2:
+            raise ValueError(f"r1 must be < r2, got r1={r1}, r2={r2}")
+        self.r1, self.r2 = r1, r2
+        self._stages = {k: stages_for(k, solver_type, r1 if k > 1 else None, r2 if k == 3 else None)
+                        for k in (1, 2, 3)}
+
+    @property
+    def evals_per_step(self) -> int:  # type: ignore[override]
+        return self.order
+
+    def step(self, model: Predictor, x: Tensor, s: TimePoint, t: TimePoint, state: State,
+             order: int | None = None) -> StepResult:
+        order = self.order if order is None else order
+        m_s = self.evaluate(model, x, s)
+        x_t, nfe, _, _ = run_stages(self, model, x, s, t, self._stages[order], m_s)
+        return StepResult(x=x_t, state=State(step_index=state.step_index + 1), nfe=nfe)

@@ -1,0 +1,66 @@
+"""The interface the integrators call: noise and data predictions at a point of the schedule."""
+
+from __future__ import annotations
+
+import abc
+
+import torch
+from torch import Tensor
+
+from diffode._utils import Number, as_time, expand_to
+from diffode.models.parameterizations import Scaled
+from diffode.schedules.base import NoiseSchedule, TimePoint
+
+__all__ = ["Predictor", "resolve_point"]
+
+
+def resolve_point(schedule: NoiseSchedule, t: TimePoint | Tensor | Number, x: Tensor) -> TimePoint:
+    """Turn a time argument into a :class:`TimePoint`.
+
+    A number gives float fields; a tensor of shape ``()`` or ``(B,)`` gives tensor fields shaped to
+    broadcast against ``x`` (per-sample times).
+    """
+    if isinstance(t, TimePoint):
+        return t
+    if not isinstance(t, Tensor):
+        return schedule.point(float(t))
+    t = as_time(t).to(x.device)
+    if t.ndim == 0:
+        return schedule.point(float(t))
+    log_alpha = schedule.log_alpha(t)
+    log_sigma = schedule.log_sigma(t)
+    return TimePoint(
+        t=t,
+        lam=log_alpha - log_sigma,
+        alpha=expand_to(torch.exp(log_alpha).to(x.dtype), x),
+        sigma=expand_to(torch.exp(log_sigma).to(x.dtype), x),
+    )
+
+
+class Predictor(abc.ABC):
+    """A model seen through a noise schedule: gives $\\hat\\epsilon(x, t)$ and $\\hat x_0(x, t)$.
+
+    Integrators only ever call :meth:`predict`. Subclasses implement it; the public
+    :meth:`noise` and :meth:`data` accept plain times too.
+
+    Attributes:
+        schedule: The noise schedule the model was trained with.
+    """
+
+    schedule: NoiseSchedule
+
+    @abc.abstractmethod
+    def predict(self, x: Tensor, point: TimePoint, kind: str) -> Scaled:
+        """The ``"noise"`` or ``"data"`` prediction at ``x`` and ``point``, as a :class:`Scaled` tensor."""
+
+    def noise(self, x: Tensor, t: TimePoint | Tensor | Number) -> Tensor:
+        """The noise prediction $\\hat\\epsilon(x, t)$; ``t`` is a number, a ``(B,)`` tensor or a TimePoint."""
+        return self.predict(x, resolve_point(self.schedule, t, x), "noise").value()
+
+    def data(self, x: Tensor, t: TimePoint | Tensor | Number) -> Tensor:
+        """The data prediction $\\hat x_0(x, t)$; ``t`` is a number, a ``(B,)`` tensor or a TimePoint."""
+        return self.predict(x, resolve_point(self.schedule, t, x), "data").value()
+
+    def __call__(self, x: Tensor, t: TimePoint | Tensor | Number) -> Tensor:
+        """Same as :meth:`noise`."""
+        return self.noise(x, t)

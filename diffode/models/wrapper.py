@@ -1,0 +1,172 @@
+"""Wrap any network into a :class:`~diffode.models.Predictor` the integrators can call."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from diffode._utils import Number, check_choice, check_finite_number
+from diffode.models.guidance import ClassifierFreeGuidance, ClassifierGuidance
+from diffode.models.parameterizations import Parameterization, Scaled, get_parameterization
+from diffode.models.predictor import Predictor
+from diffode.schedules.base import NoiseSchedule, TimePoint
+
+__all__ = ["ContinuousTime", "DiscreteTime", "ModelWrapper", "wrap"]
+
+GUIDANCE_TYPES = ("uncond", "classifier", "classifier-free")
+
+
+def _time_dtype(x: Tensor) -> torch.dtype:
+    # Half-precision time inputs would round t_input ~ 999 to steps of 0.5: keep them in float32.
+    return torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
+
+
+class ContinuousTime:
+    """The network takes the continuous time, optionally scaled: ``t_input = scale * t``."""
+
+    def __init__(self, scale: float = 1.0):
+        self.scale = check_finite_number("scale", scale, positive=True)
+
+    def map(self, t: Tensor | Number) -> Tensor | float:
+        return t * self.scale
+
+    def __call__(self, t: Tensor | Number, x: Tensor) -> Tensor:
+        """The ``(B,)`` time input for a batch ``x`` at time ``t`` (a number or a ``(B,)`` tensor)."""
+        value = self.map(t)
+        if isinstance(value, Tensor):
+            return value.to(x.device, _time_dtype(x)).expand(x.shape[0])
+        return torch.full((x.shape[0],), float(value), dtype=_time_dtype(x), device=x.device)
+
+    def __repr__(self) -> str:
+        return f"ContinuousTime(scale={self.scale})"
+
+
+class DiscreteTime(ContinuousTime):
+    """The network takes its training step: ``t_input = (t - 1/N) * 1000``.
+
+    So ``t = 1/N`` maps to 0 and ``t = 1`` to 999 for ``N = 1000``, as in DPM-Solver.
+    """
+
+    def __init__(self, N: int):
+        if isinstance(N, bool) or not isinstance(N, int) or N < 1:
+            raise ValueError(f"N must be a positive integer, got {N!r}")
+        self.N = N
+        self.scale = 1000.0
+
+    def map(self, t: Tensor | Number) -> Tensor | float:
+        return (t - 1.0 / self.N) * 1000.0
+
+    def __repr__(self) -> str:
+        return f"DiscreteTime(N={self.N})"
+
+
+def default_time_input(schedule: NoiseSchedule) -> ContinuousTime:
+    """Discrete schedules feed the training step, continuous ones the time itself."""
+    n = getattr(schedule, "N", None)
+    return DiscreteTime(n) if n is not None else ContinuousTime()
+
+
+class ModelWrapper(Predictor):
+    """A network with its parameterization, time input and keyword arguments.
+
+    Args:
+        network: Called as ``network(x, t_input, **model_kwargs)``, or
+            ``network(x, t_input, condition, **model_kwargs)`` when a condition is given.
+        schedule: The noise schedule the network was trained with.
+        parameterization: What the network predicts.
+        time_input: Maps continuous time to the network's time input.
+        model_kwargs: Extra keyword arguments passed through unchanged.
+        condition: A condition passed as the third positional argument (unguided).
+    """
+
+    def __init__(self, network: Callable, schedule: NoiseSchedule, parameterization: Parameterization,
+                 time_input: ContinuousTime, model_kwargs: dict | None = None, condition: Any = None):
+        if not callable(network):
+            raise TypeError(f"the model must be callable, got {type(network).__name__}")
+        self.network = network
+        self.schedule = schedule
+        self.parameterization = parameterization
+        self.time_input = time_input
+        self.model_kwargs = dict(model_kwargs or {})
+        self.condition = condition
+
+    def forward(self, x: Tensor, t: Tensor | Number) -> Tensor:
+        """The raw network output at ``x`` and continuous time ``t``."""
+        t_input = self.time_input(t, x)
+        if self.condition is None:
+            out = self.network(x, t_input, **self.model_kwargs)
+        else:
+            out = self.network(x, t_input, self.condition, **self.model_kwargs)
+        if not isinstance(out, Tensor) or out.shape != x.shape:
+            got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+            raise ValueError(f"the model returned {got}, but its output must have the shape of x, {tuple(x.shape)}")
+        return out
+
+    def predict(self, x: Tensor, point: TimePoint, kind: str) -> Scaled:
+        out = self.forward(x, point.t)
+        if kind == "noise":
+            return self.parameterization.noise(out, x, point.alpha, point.sigma)
+        return self.parameterization.data(out, x, point.alpha, point.sigma)
+
+    def __repr__(self) -> str:
+        return f"ModelWrapper({self.parameterization!r}, {self.time_input!r}, {self.schedule!r})"
+
+
+def wrap(model: Callable, schedule: NoiseSchedule, parameterization: str | Parameterization = "noise", *,
+         guidance: str = "uncond", condition: Any = None, unconditional_condition: Any = None,
+         scale: float = 1.0, classifier_fn: Callable | None = None, classifier_kwargs: dict | None = None,
+         model_kwargs: dict | None = None, time_input: str | ContinuousTime | None = None) -> Predictor:
+    """Wrap a network so the integrators can call it.
+
+    Args:
+        model: The network, ``model(x, t_input[, condition], **model_kwargs)``.
+        schedule: Its noise schedule.
+        parameterization: ``"noise"`` (eps), ``"data"`` (x_start), ``"v"`` or ``"score"``.
+        guidance: ``"uncond"``, ``"classifier"`` or ``"classifier-free"``.
+        condition: The condition (a tensor, or a dict / list of tensors).
+        unconditional_condition: The empty condition for classifier-free guidance.
+        scale: The guidance scale.
+        classifier_fn: ``classifier_fn(x, t_input, condition, **classifier_kwargs)`` returning
+            $\\log p(c\\mid x_t)$, for classifier guidance.
+        classifier_kwargs: Extra keyword arguments for the classifier.
+        model_kwargs: Extra keyword arguments for the network, passed through unchanged.
+        time_input: ``"discrete"`` (``(t - 1/N) * 1000``), ``"continuous"`` (``t``), a
+            :class:`ContinuousTime` instance, or ``None`` to pick by the schedule.
+
+    Returns:
+        The :class:`Predictor` to hand to an integrator.
+
+    Raises:
+        ValueError: For an unknown parameterization or guidance type, a missing condition or
+            classifier, or a non-finite scale.
+    """
+    param = get_parameterization(parameterization)
+    check_choice("guidance", guidance, GUIDANCE_TYPES)
+    scale = check_finite_number("scale", scale)
+    if time_input is None:
+        time_input = default_time_input(schedule)
+    elif isinstance(time_input, str):
+        check_choice("time_input", time_input, ("discrete", "continuous"))
+        if time_input == "discrete":
+            n = getattr(schedule, "N", None)
+            if n is None:
+                raise ValueError(f"time_input='discrete' needs a discrete schedule, got {schedule!r}")
+            time_input = DiscreteTime(n)
+        else:
+            time_input = ContinuousTime()
+    elif not isinstance(time_input, ContinuousTime):
+        raise TypeError("time_input must be 'discrete', 'continuous', a ContinuousTime or None")
+    if guidance == "classifier-free":
+        network = ClassifierFreeGuidance(model, condition, unconditional_condition, scale)
+        return ModelWrapper(network, schedule, param, time_input, model_kwargs)
+    if guidance == "classifier":
+        if classifier_fn is None:
+            raise ValueError("guidance='classifier' needs classifier_fn=")
+        if condition is None:
+            raise ValueError("guidance='classifier' needs condition= (the class for the classifier)")
+        base = ModelWrapper(model, schedule, param, time_input, model_kwargs)
+        return ClassifierGuidance(base, classifier_fn, condition, scale, time_input, classifier_kwargs)
+    return ModelWrapper(model, schedule, param, time_input, model_kwargs, condition=condition)

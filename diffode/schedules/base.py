@@ -1,0 +1,225 @@
+"""The noise-schedule protocol shared by every schedule.
+
+A Gaussian diffusion path is ``x_t = alpha_t * x_0 + sigma_t * eps``. A schedule knows
+``alpha_t`` and ``sigma_t`` (in log space), the half log-SNR
+``lambda_t = log(alpha_t) - log(sigma_t)`` and its inverse, and the coefficients of the forward SDE
+``dx = f(t) x dt + g(t) dW``.
+"""
+
+from __future__ import annotations
+
+import abc
+import math
+from dataclasses import dataclass
+
+
+import torch
+from torch import Tensor
+
+from diffode._utils import Number, as_time, expand_to
+
+__all__ = ["NoiseSchedule", "TimePoint", "VPSchedule"]
+
+
+@dataclass(frozen=True)
+class TimePoint:
+    """Schedule values at one time, as plain float64 Python numbers.
+
+    The integrators precompute these on the host so that the sampling loop never does tensor
+    arithmetic on schedule values.
+
+    Attributes:
+        t: The continuous time.
+        lam: The half log-SNR $\\lambda_t$.
+        alpha: $\\alpha_t$.
+        sigma: $\\sigma_t$.
+    """
+
+    t: float
+    lam: float
+    alpha: float
+    sigma: float
+
+
+class NoiseSchedule(abc.ABC):
+    """Base class of all noise schedules.
+
+    Subclasses implement :meth:`log_alpha` and :meth:`log_sigma` in numerically stable forms and
+    :meth:`f` (the drift coefficient $f(t) = \\mathrm{d}\\log\\alpha_t/\\mathrm{d}t$). They override
+    :meth:`inverse_lambda` when a closed form exists; the default bisects the monotone
+    $\\lambda_t$ in float64.
+
+    Every method accepts a Python number or a tensor of any shape and returns a tensor with the
+    input tensor's dtype and device (Python numbers give float64 CPU tensors).
+
+    Attributes:
+        T: The largest time of the schedule (the noisy end), also available as :attr:`t_max`.
+        t_min: The smallest time at which the schedule may be evaluated.
+        default_t_end: The default end time of sampling (``1/N`` for discrete schedules).
+    """
+
+    T: float = 1.0
+    t_min: float = 0.0
+
+    @property
+    def t_max(self) -> float:
+        """The largest time of the schedule (alias of :attr:`T`)."""
+        return self.T
+
+    @property
+    def default_t_end(self) -> float:
+        """The default final time of sampling."""
+        return 1e-3
+
+    # -- alpha, sigma, lambda -------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def log_alpha(self, t: Tensor | Number) -> Tensor:
+        """$\\log\\alpha_t$."""
+
+    @abc.abstractmethod
+    def log_sigma(self, t: Tensor | Number) -> Tensor:
+        """$\\log\\sigma_t$."""
+
+    @abc.abstractmethod
+    def f(self, t: Tensor | Number) -> Tensor:
+        """Drift coefficient of the forward SDE, $f(t) = \\mathrm{d}\\log\\alpha_t/\\mathrm{d}t$."""
+
+    def alpha(self, t: Tensor | Number) -> Tensor:
+        """$\\alpha_t$, the scale of the data in $x_t$."""
+        return torch.exp(self.log_alpha(t))
+
+    def sigma(self, t: Tensor | Number) -> Tensor:
+        """$\\sigma_t$, the standard deviation of the noise in $x_t$."""
+        return torch.exp(self.log_sigma(t))
+
+    def lambda_(self, t: Tensor | Number) -> Tensor:
+        """Half log-SNR $\\lambda_t = \\log\\alpha_t - \\log\\sigma_t$, strictly decreasing in t."""
+        return self.log_alpha(t) - self.log_sigma(t)
+
+    def inverse_lambda(self, lam: Tensor | Number) -> Tensor:
+        """The time t with $\\lambda_t$ = ``lam``; the default bisects in float64."""
+        lam = as_time(lam)
+        target = lam.detach().to(torch.float64)
+        lo = torch.full_like(target, self.t_min)
+        hi = torch.full_like(target, self.T)
+        # lambda decreases in t: move lo up where lambda(mid) is still above the target.
+        for _ in range(200):
+            mid = 0.5 * (lo + hi)
+            above = self.lambda_(mid) > target
+            lo = torch.where(above, mid, lo)
+            hi = torch.where(above, hi, mid)
+            if torch.all(hi - lo <= 4 * torch.finfo(torch.float64).eps * hi.abs().clamp_min(1e-300)):
+                break
+        return (0.5 * (lo + hi)).to(lam.dtype)
+
+    # -- SDE view --------------------------------------------------------------------------------
+
+    def g2(self, t: Tensor | Number) -> Tensor:
+        """Squared diffusion coefficient $g^2(t) = \\mathrm{d}\\sigma_t^2/\\mathrm{d}t - 2 f(t) \\sigma_t^2$."""
+        t = as_time(t)
+        return self.d_sigma2_dt(t) - 2.0 * self.f(t) * torch.exp(2.0 * self.log_sigma(t))
+
+    def d_sigma2_dt(self, t: Tensor | Number) -> Tensor:
+        """Time derivative of $\\sigma_t^2$ (by autograd unless a subclass gives a closed form)."""
+        t = as_time(t)
+        with torch.enable_grad():
+            tt = t.detach().clone().requires_grad_(True)
+            s2 = torch.exp(2.0 * self.log_sigma(tt))
+            (grad,) = torch.autograd.grad(s2.sum(), tt)
+        return grad
+
+    def point(self, t: Number) -> TimePoint:
+        """All schedule values at one time as Python floats (computed in float64)."""
+        (p,) = self.points([t])
+        return p
+
+    def points(self, ts) -> list[TimePoint]:
+        """Schedule values at several times, computed in one float64 pass on the host."""
+        t = torch.as_tensor(ts, dtype=torch.float64).reshape(-1).cpu()
+        log_alpha, log_sigma = self.log_alpha(t), self.log_sigma(t)
+        rows = zip(t.tolist(), (log_alpha - log_sigma).tolist(), log_alpha.exp().tolist(), log_sigma.exp().tolist())
+        return [TimePoint(t=a, lam=b, alpha=c, sigma=d) for a, b, c, d in rows]
+
+    def point_at_lambda(self, lam: float) -> TimePoint:
+        """The :class:`TimePoint` whose half log-SNR is ``lam``."""
+        t = float(self.inverse_lambda(torch.tensor(float(lam), dtype=torch.float64)))
+        p = self.point(t)
+        # Keep the lambda that was asked for: the integrators' step sizes are defined in lambda.
+        return TimePoint(t=p.t, lam=float(lam), alpha=p.alpha, sigma=p.sigma)
+
+    def add_noise(self, x0: Tensor, t: Tensor | Number, noise: Tensor | None = None) -> Tensor:
+        """Sample $x_t = \\alpha_t x_0 + \\sigma_t\\,\\epsilon$ (``noise`` is drawn if not given).
+
+        ``t`` may be a number or a tensor of shape ``(B,)``.
+        """
+        if noise is None:
+            noise = torch.randn_like(x0)
+        t = as_time(t).to(x0.device)
+        alpha_t = expand_to(self.alpha(t).to(x0.dtype), x0)
+        sigma_t = expand_to(self.sigma(t).to(x0.dtype), x0)
+        return alpha_t * x0 + sigma_t * noise
+
+    def prior_std(self) -> float:
+        """Standard deviation of the Gaussian prior at ``T`` (1 for VP schedules)."""
+        return float(self.sigma(self.T))
+
+    def prior_sample(self, shape, *, generator=None, dtype=torch.float32, device=None) -> Tensor:
+        """Draw $x_T$ from the prior $\\mathcal N(0, \\sigma_{prior}^2 I)$."""
+        z = torch.randn(tuple(shape), generator=generator, dtype=dtype, device=device)
+        return z * self.prior_std()
+
+    def sde(self, x: Tensor, t: Tensor | Number) -> tuple[Tensor, Tensor]:
+        """The forward SDE: returns the drift $f(t)\\,x$ and the diffusion $g(t)$."""
+        t = as_time(t).to(x.device)
+        return expand_to(self.f(t).to(x.dtype), x) * x, torch.sqrt(self.g2(t)).to(x.dtype)
+
+    def probability_flow_drift(self, x: Tensor, t: Tensor | Number, eps: Tensor) -> Tensor:
+        """Drift of the probability-flow ODE, $f x + g^2/(2\\sigma_t)\\,\\hat\\epsilon$."""
+        t = as_time(t).to(x.device)
+        f = expand_to(self.f(t).to(x.dtype), x)
+        c = expand_to((self.g2(t) / (2.0 * self.sigma(t))).to(x.dtype), x)
+        return f * x + c * eps
+
+    def reverse_sde_drift(self, x: Tensor, t: Tensor | Number, eps: Tensor) -> Tensor:
+        """Drift of the reverse-time SDE, $f x + g^2/\\sigma_t\\,\\hat\\epsilon$ (score $=-\\hat\\epsilon/\\sigma_t$)."""
+        t = as_time(t).to(x.device)
+        f = expand_to(self.f(t).to(x.dtype), x)
+        c = expand_to((self.g2(t) / self.sigma(t)).to(x.dtype), x)
+        return f * x + c * eps
+
+    def check_time(self, name: str, t: float, *, low: float | None = None) -> float:
+        """Validate a time argument against ``[t_min, T]`` with an error that names it."""
+        low = self.t_min if low is None else low
+        if not math.isfinite(t) or t < low or t > self.T:
+            raise ValueError(f"{name} must lie in [{low:g}, {self.T:g}] for {self!r}, got {t!r}")
+        return t
+
+
+class VPSchedule(NoiseSchedule):
+    """A variance-preserving schedule: $\\alpha_t^2 + \\sigma_t^2 = 1$.
+
+    Subclasses implement :meth:`log_alpha` and :meth:`f` only; $\\sigma_t$ and
+    $g^2(t) = -2 f(t)$ follow.
+    """
+
+    def log_sigma(self, t: Tensor | Number) -> Tensor:
+        # sigma^2 = 1 - alpha^2 = -expm1(2 log alpha): exact near t = 0 where alpha -> 1.
+        return 0.5 * torch.log(-torch.expm1(2.0 * self.log_alpha(t)))
+
+    def g2(self, t: Tensor | Number) -> Tensor:
+        return -2.0 * self.f(t)
+
+    def d_sigma2_dt(self, t: Tensor | Number) -> Tensor:
+        t = as_time(t)
+        return -2.0 * self.f(t) * torch.exp(2.0 * self.log_alpha(t))
+
+    def prior_std(self) -> float:
+        return 1.0
+
+    @staticmethod
+    def _log_alpha_from_lambda(lam: Tensor) -> Tensor:
+        # alpha^2 = 1 / (1 + exp(-2 lambda)) for VP schedules.
+        return -0.5 * torch.logaddexp(torch.zeros_like(lam), -2.0 * lam)
+
+

@@ -1,0 +1,201 @@
+"""Variance-preserving schedules: discrete DDPM betas, the linear VP SDE and the cosine schedule."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from diffode._utils import Number, as_time, check_finite_number
+from diffode.schedules.base import VPSchedule
+
+__all__ = ["CosineVP", "DiscreteVP", "LinearVP"]
+
+
+def _interp(x: Tensor, xp: Tensor, fp: Tensor) -> tuple[Tensor, Tensor]:
+    """Piecewise-linear interpolation of ``fp(xp)`` at ``x``, extrapolating the end segments.
+
+    ``xp`` must be increasing. Returns the values and the slopes of the segments used.
+    """
+    idx = torch.searchsorted(xp, x.reshape(-1).contiguous()).clamp(1, xp.numel() - 1)
+    x0, x1 = xp[idx - 1], xp[idx]
+    y0, y1 = fp[idx - 1], fp[idx]
+    slope = (y1 - y0) / (x1 - x0)
+    y = y0 + slope * (x.reshape(-1) - x0)
+    return y.reshape(x.shape), slope.reshape(x.shape)
+
+
+class DiscreteVP(VPSchedule):
+    r"""The schedule of a model trained on discrete steps $n = 0, \dots, N-1$ (DDPM betas).
+
+    Step $n$ sits at continuous time $t_n = (n+1)/N$, and $\log\alpha_t$ is interpolated
+    piecewise-linearly in $t$ between those points (linearly extrapolated just outside them),
+    with $\log\alpha_{t_n} = \tfrac12\sum_{i\le n}\log(1-\beta_i)$.
+
+    Args:
+        betas: The training betas, a 1-D sequence in (0, 1). Give exactly one of ``betas`` and
+            ``alphas_cumprod``.
+        alphas_cumprod: The cumulative products $\bar\alpha_n = \prod_{i\le n}(1-\beta_i)$, a
+            strictly decreasing 1-D sequence in (0, 1].
+        clip_lambda: Drop the trailing steps whose half log-SNR falls below this value (-5.1 as in
+            DPM-Solver v2; it keeps cosine-beta schedules such as i-DDPM's stable). ``None``
+            turns the clipping off. Clipping changes $N$ and with it the time mapping.
+
+    Attributes:
+        N: The number of discrete steps kept after clipping.
+    """
+
+    def __init__(self, betas: Sequence[float] | Tensor | None = None, *,
+                 alphas_cumprod: Sequence[float] | Tensor | None = None, clip_lambda: float | None = -5.1):
+        if (betas is None) == (alphas_cumprod is None):
+            raise ValueError("DiscreteVP needs exactly one of betas= and alphas_cumprod=, got "
+                             + ("both" if betas is not None else "neither"))
+        name = "betas" if betas is not None else "alphas_cumprod"
+        values = torch.as_tensor(betas if betas is not None else alphas_cumprod).detach().to("cpu", torch.float64)
+        if values.ndim != 1:
+            raise ValueError(f"{name} must be 1-D, got shape {tuple(values.shape)}")
+        if values.numel() < 2:
+            raise ValueError(f"{name} needs at least 2 entries, got {values.numel()}")
+        if not torch.isfinite(values).all():
+            raise ValueError(f"{name} contains NaN or Inf")
+        if betas is not None:
+            if not ((values > 0) & (values < 1)).all():
+                raise ValueError(f"betas must lie in (0, 1); got values in [{values.min():g}, {values.max():g}]")
+            log_alphas = 0.5 * torch.cumsum(torch.log1p(-values), 0)
+        else:
+            if not ((values > 0) & (values <= 1)).all():
+                raise ValueError("alphas_cumprod must lie in (0, 1]; "
+                                 f"got values in [{values.min():g}, {values.max():g}]")
+            if not (values[1:] < values[:-1]).all():
+                raise ValueError("alphas_cumprod must be strictly decreasing")
+            log_alphas = 0.5 * torch.log(values)
+        if clip_lambda is not None:
+            clip_lambda = check_finite_number("clip_lambda", clip_lambda)
+            lams = log_alphas - 0.5 * torch.log(-torch.expm1(2.0 * log_alphas))
+            n_below = int((lams < clip_lambda).sum())
+            if n_below >= log_alphas.numel() - 1:
+                raise ValueError(f"clip_lambda={clip_lambda} would remove all but {log_alphas.numel() - n_below} steps")
+            if n_below:
+                log_alphas = log_alphas[: log_alphas.numel() - n_below]
+        self.clip_lambda = clip_lambda
+        self.N = int(log_alphas.numel())
+        self.T = 1.0
+        self.t_min = 1.0 / self.N
+        self.log_alpha_array = log_alphas
+        self.t_array = torch.linspace(0.0, 1.0, self.N + 1, dtype=torch.float64)[1:]
+        self._cache: dict = {}
+
+    def __repr__(self) -> str:
+        return f"DiscreteVP(N={self.N}, clip_lambda={self.clip_lambda})"
+
+    @property
+    def default_t_end(self) -> float:
+        return 1.0 / self.N
+
+    def _arrays(self, like: Tensor) -> tuple[Tensor, Tensor]:
+        key = (like.device, like.dtype)
+        if key not in self._cache:
+            self._cache[key] = (self.t_array.to(like.device, like.dtype), self.log_alpha_array.to(like.device, like.dtype))
+        return self._cache[key]
+
+    def log_alpha(self, t: Tensor | Number) -> Tensor:
+        t = as_time(t)
+        t_array, log_alpha_array = self._arrays(t)
+        return _interp(t, t_array, log_alpha_array)[0]
+
+    def f(self, t: Tensor | Number) -> Tensor:
+        t = as_time(t)
+        t_array, log_alpha_array = self._arrays(t)
+        return _interp(t, t_array, log_alpha_array)[1]
+
+    def inverse_lambda(self, lam: Tensor | Number) -> Tensor:
+        lam = as_time(lam)
+        t_array, log_alpha_array = self._arrays(lam)
+        # log alpha is piecewise linear and decreasing in t, so its inverse is exact.
+        target = self._log_alpha_from_lambda(lam)
+        return _interp(target, log_alpha_array.flip(0), t_array.flip(0))[0]
+
+    def to_discrete(self, t: Tensor | Number) -> Tensor:
+        """The network's own time input, ``(t - 1/N) * 1000`` (t = 1/N -> 0, t = 1 -> 999 for N = 1000)."""
+        return (as_time(t) - 1.0 / self.N) * 1000.0
+
+
+class LinearVP(VPSchedule):
+    r"""The VP SDE of score-based generative modelling, $\beta(t) = \beta_0 + t(\beta_1 - \beta_0)$.
+
+    $\log\alpha_t = -\tfrac14 t^2(\beta_1-\beta_0) - \tfrac12 t\beta_0$ on $t\in(0, 1]$; the inverse
+    of $\lambda_t$ is closed form.
+
+    Args:
+        beta_0: $\beta$ at $t = 0$, >= 0.
+        beta_1: $\beta$ at $t = 1$, >= ``beta_0`` and > 0.
+    """
+
+    def __init__(self, beta_0: float = 0.1, beta_1: float = 20.0):
+        beta_0 = check_finite_number("beta_0", beta_0, nonnegative=True)
+        beta_1 = check_finite_number("beta_1", beta_1, positive=True)
+        if beta_0 > beta_1:
+            raise ValueError(f"beta_0 must be <= beta_1, got beta_0={beta_0} > beta_1={beta_1}")
+        self.beta_0, self.beta_1 = beta_0, beta_1
+        self.T, self.t_min = 1.0, 0.0
+
+    def __repr__(self) -> str:
+        return f"LinearVP(beta_0={self.beta_0}, beta_1={self.beta_1})"
+
+    def log_alpha(self, t: Tensor | Number) -> Tensor:
+        t = as_time(t)
+        return -0.25 * t * t * (self.beta_1 - self.beta_0) - 0.5 * t * self.beta_0
+
+    def f(self, t: Tensor | Number) -> Tensor:
+        t = as_time(t)
+        return -0.5 * (self.beta_0 + t * (self.beta_1 - self.beta_0))
+
+    def inverse_lambda(self, lam: Tensor | Number) -> Tensor:
+        lam = as_time(lam)
+        # -log alpha = L/2 with L = log(1 + e^{-2 lambda}); solve the quadratic in t in the form
+        # without cancellation: t = 2L / (sqrt(beta_0^2 + 2 (beta_1 - beta_0) L) + beta_0).
+        big_l = torch.logaddexp(torch.zeros_like(lam), -2.0 * lam)
+        root = torch.sqrt(self.beta_0**2 + 2.0 * (self.beta_1 - self.beta_0) * big_l)
+        return 2.0 * big_l / (root + self.beta_0)
+
+
+class CosineVP(VPSchedule):
+    r"""The cosine schedule of improved DDPM in continuous time.
+
+    $\alpha_t = \cos\!\big(\tfrac{t+s}{1+s}\tfrac\pi2\big) / \cos\!\big(\tfrac{s}{1+s}\tfrac\pi2\big)$.
+    $\lambda_t \to -\infty$ as $t \to 1$, so the schedule is truncated at ``T`` < 1.
+
+    Args:
+        s: The offset that keeps $\beta$ finite near $t = 0$.
+        T: The noisy end; 0.9946 by default, as DPM-Solver uses for this schedule.
+    """
+
+    def __init__(self, s: float = 0.008, T: float = 0.9946):
+        self.s = check_finite_number("s", s, positive=True)
+        self.T = check_finite_number("T", T, positive=True)
+        if self.T >= 1.0:
+            raise ValueError(f"T must be < 1 (lambda is -inf at t = 1), got {T}")
+        self.t_min = 0.0
+        self._scale = math.pi / (2.0 * (1.0 + self.s))
+        self._u0 = self.s * self._scale
+        self._log_cos_u0 = math.log(math.cos(self._u0))
+
+    def __repr__(self) -> str:
+        return f"CosineVP(s={self.s}, T={self.T})"
+
+    def log_alpha(self, t: Tensor | Number) -> Tensor:
+        t = as_time(t)
+        delta = t * self._scale
+        # cos(u0 + d)/cos(u0) = 1 - 2 sin^2(d/2) - tan(u0) sin(d): no cancellation as t -> 0.
+        return torch.log1p(-2.0 * torch.sin(0.5 * delta) ** 2 - math.tan(self._u0) * torch.sin(delta))
+
+    def f(self, t: Tensor | Number) -> Tensor:
+        t = as_time(t)
+        return -self._scale * torch.tan(t * self._scale + self._u0)
+
+    def inverse_lambda(self, lam: Tensor | Number) -> Tensor:
+        lam = as_time(lam)
+        log_alpha = self._log_alpha_from_lambda(lam)
+        return torch.arccos(torch.exp(log_alpha + self._log_cos_u0)) / self._scale - self.s

@@ -1,0 +1,65 @@
+import pytest
+import torch
+
+import diffode as dd
+from diffode.models import get_parameterization
+from tests.helpers import mixture2, schedules
+
+NAMES = ["noise", "data", "v", "score"]
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("t", [0.01, 0.5, 0.99])
+def test_round_trip_through_every_parameterization(name, t):
+    s = dd.LinearVP()
+    p = s.point(t)
+    x = torch.randn(6, 4, dtype=torch.float64)
+    eps = torch.randn(6, 4, dtype=torch.float64)
+    param = get_parameterization(name)
+    out = param.from_noise(eps, x, p.alpha, p.sigma)
+    assert torch.allclose(param.to_noise(out, x, p.alpha, p.sigma), eps, rtol=1e-12, atol=1e-12)
+    x0 = (x - p.sigma * eps) / p.alpha
+    assert torch.allclose(param.to_data(out, x, p.alpha, p.sigma), x0, rtol=1e-12, atol=1e-12)
+
+
+def test_chain_eps_x0_v_eps():
+    s = dd.CosineVP()
+    p = s.point(0.3)
+    x = torch.randn(5, 3, dtype=torch.float64)
+    eps = torch.randn(5, 3, dtype=torch.float64)
+    data, velocity, noise = (get_parameterization(n) for n in ("data", "v", "noise"))
+    x0 = noise.to_data(eps, x, p.alpha, p.sigma)
+    v = velocity.from_noise(data.to_noise(x0, x, p.alpha, p.sigma), x, p.alpha, p.sigma)
+    assert torch.allclose(v, p.alpha * eps - p.sigma * x0, atol=1e-12)
+    assert torch.allclose(velocity.to_noise(v, x, p.alpha, p.sigma), eps, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_wrapped_parameterizations_agree(name):
+    s = dd.LinearVP()
+    gm = mixture2()
+    model = dd.wrap(gm.network(s, name), s, parameterization=name, time_input="continuous")
+    x = torch.randn(7, 4, dtype=torch.float64)
+    for t in (0.02, 0.4, 0.97):
+        p = s.point(t)
+        assert torch.allclose(model.noise(x, t), gm.eps(x, p.alpha, p.sigma), rtol=1e-10, atol=1e-12)
+        assert torch.allclose(model.data(x, t), gm.x0(x, p.alpha, p.sigma), rtol=1e-9, atol=1e-10)
+
+
+def test_per_sample_times():
+    s = dd.LinearVP()
+    gm = mixture2()
+    model = dd.wrap(gm.network(s, "v"), s, parameterization="v", time_input="continuous")
+    x = torch.randn(3, 4, dtype=torch.float64)
+    t = torch.tensor([0.1, 0.5, 0.9], dtype=torch.float64)
+    batched = model.noise(x, t)
+    for i in range(3):
+        assert torch.allclose(batched[i], model.noise(x[i:i + 1], float(t[i]))[0], atol=1e-12)
+
+
+def test_aliases_and_unknown():
+    assert get_parameterization("x_start").name == "data"
+    assert get_parameterization("eps").name == "noise"
+    assert get_parameterization("v_prediction").name == "v"
+    with pytest.raises(ValueError, match="unknown parameterization 'flow'.*'noise'"):
+        get_parameterization("flow")

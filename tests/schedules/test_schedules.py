@@ -1,0 +1,154 @@
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import diffode as dd
+from tests.helpers import DDPM_BETAS, schedules
+
+ALL = list(schedules().items())
+IDS = [name for name, _ in ALL]
+
+
+def test_discrete_reproduces_cumsum_at_grid_points():
+    s = dd.DiscreteVP(betas=DDPM_BETAS)
+    t_n = torch.arange(1, 1001, dtype=torch.float64) / 1000
+    expected = 0.5 * torch.cumsum(torch.log(1 - DDPM_BETAS), 0)
+    assert torch.allclose(s.log_alpha(t_n), expected, rtol=0, atol=1e-14)
+
+
+def test_discrete_from_alphas_cumprod_matches_betas():
+    a = dd.DiscreteVP(betas=DDPM_BETAS)
+    b = dd.DiscreteVP(alphas_cumprod=torch.cumprod(1 - DDPM_BETAS, 0))
+    t = torch.linspace(1e-3, 1, 37, dtype=torch.float64)
+    assert torch.allclose(a.log_alpha(t), b.log_alpha(t), rtol=1e-12, atol=1e-14)
+
+
+def test_discrete_interpolates_linearly_between_grid_points():
+    s = dd.DiscreteVP(betas=DDPM_BETAS)
+    t0, t1 = 0.25, 0.251
+    mid = s.log_alpha(0.2505)
+    assert torch.allclose(mid, 0.5 * (s.log_alpha(t0) + s.log_alpha(t1)), atol=1e-15)
+
+
+def test_discrete_lambda_clipping_truncates_cosine_betas():
+    n = 1000
+    steps = torch.arange(n + 1, dtype=torch.float64) / n
+    f = torch.cos((steps + 0.008) / 1.008 * math.pi / 2) ** 2
+    betas = torch.clamp(1 - f[1:] / f[:-1], max=0.999)
+    clipped = dd.DiscreteVP(betas=betas)
+    unclipped = dd.DiscreteVP(betas=betas, clip_lambda=None)
+    assert unclipped.N == n and clipped.N < n
+    assert clipped.lambda_(1.0).item() >= -5.1
+    assert unclipped.lambda_(1.0).item() < -5.1
+
+
+@pytest.mark.parametrize("name,s", ALL, ids=IDS)
+def test_inverse_lambda_round_trip(name, s):
+    t = torch.linspace(s.default_t_end, s.T, 501, dtype=torch.float64)
+    back = s.inverse_lambda(s.lambda_(t))
+    assert ((back - t).abs() / t).max() < 1e-10
+
+
+@pytest.mark.parametrize("name,s", ALL, ids=IDS)
+def test_lambda_strictly_decreasing(name, s):
+    t = torch.linspace(s.default_t_end, s.T, 2001, dtype=torch.float64)
+    assert (s.lambda_(t).diff() < 0).all()
+
+
+@pytest.mark.parametrize("name,s", ALL, ids=IDS)
+def test_variance_preserving(name, s):
+    t = torch.linspace(s.default_t_end, s.T, 101, dtype=torch.float64)
+    assert torch.allclose(s.alpha(t) ** 2 + s.sigma(t) ** 2, torch.ones_like(t), atol=1e-14)
+
+
+@pytest.mark.parametrize("name,s", ALL, ids=IDS)
+def test_f_and_g2_match_finite_differences(name, s):
+    # Avoid the kinks of the piecewise-linear discrete schedule: evaluate mid-segment.
+    t = (torch.arange(50, 950, 37, dtype=torch.float64) + 0.5) / 1000 * s.T
+    d = 1e-7
+    dlog_alpha = (s.log_alpha(t + d) - s.log_alpha(t - d)) / (2 * d)
+    dsigma2 = (s.sigma(t + d) ** 2 - s.sigma(t - d) ** 2) / (2 * d)
+    assert torch.allclose(s.f(t), dlog_alpha, rtol=1e-6, atol=1e-8)
+    assert torch.allclose(s.g2(t), dsigma2 - 2 * s.f(t) * s.sigma(t) ** 2, rtol=1e-6, atol=1e-8)
+
+
+@pytest.mark.parametrize("name,s", ALL, ids=IDS)
+def test_keeps_dtype_device_and_shape(name, s):
+    t = torch.full((2, 3), 0.5, dtype=torch.float32)
+    for fn in (s.log_alpha, s.alpha, s.sigma, s.lambda_, s.f, s.g2):
+        out = fn(t)
+        assert out.shape == (2, 3) and out.dtype == torch.float32
+    assert s.inverse_lambda(torch.zeros(4, dtype=torch.float32)).dtype == torch.float32
+    assert s.alpha(0.5).dtype == torch.float64
+
+
+@pytest.mark.parametrize("name,s", [a for a in ALL if a[0] != "discrete"], ids=[i for i in IDS if i != "discrete"])
+def test_stable_near_zero(name, s):
+    t = torch.tensor([1e-14, 1e-11, 1e-9], dtype=torch.float64)
+    sigma = s.sigma(t)
+    # sigma^2 ~ beta(0) t as t -> 0: no cancellation to zero.
+    assert (sigma > 0).all() and torch.isfinite(s.lambda_(t)).all()
+    assert torch.allclose(sigma**2 / t, -2 * s.f(torch.zeros(1, dtype=torch.float64)).expand(3), rtol=1e-5)
+
+
+@settings(max_examples=60, deadline=None)
+@given(u=st.floats(0.0, 1.0), which=st.sampled_from(IDS))
+def test_inverse_lambda_property(u, which):
+    s = schedules()[which]
+    t = s.default_t_end + u * (s.T - s.default_t_end)
+    lam = s.lambda_(t)
+    assert abs(s.inverse_lambda(lam).item() - t) <= 1e-10 * t
+
+
+@settings(max_examples=40, deadline=None)
+@given(beta_0=st.floats(0.01, 1.0), span=st.floats(0.0, 30.0), u=st.floats(0.001, 1.0))
+def test_linear_vp_inverse_for_any_betas(beta_0, span, u):
+    s = dd.LinearVP(beta_0, beta_0 + span)
+    assert abs(s.inverse_lambda(s.lambda_(u)).item() - u) <= 1e-10 * u
+
+
+def test_sde_view_consistent():
+    s = dd.LinearVP()
+    x = torch.randn(5, 3, dtype=torch.float64)
+    eps = torch.randn(5, 3, dtype=torch.float64)
+    t = 0.4
+    drift, g = s.sde(x, t)
+    assert torch.allclose(drift, s.f(t) * x)
+    assert torch.allclose(g ** 2, s.g2(t))
+    pf = s.probability_flow_drift(x, t, eps)
+    rev = s.reverse_sde_drift(x, t, eps)
+    assert torch.allclose(2 * (pf - drift), rev - drift)
+    noisy = s.add_noise(x, t, eps)
+    assert torch.allclose(noisy, s.alpha(t) * x + s.sigma(t) * eps)
+    assert s.prior_sample((3, 2)).shape == (3, 2)
+
+
+def test_add_noise_per_sample_times():
+    s = dd.LinearVP()
+    x = torch.ones(3, 2, dtype=torch.float64)
+    t = torch.tensor([0.1, 0.5, 0.9], dtype=torch.float64)
+    out = s.add_noise(x, t, torch.zeros_like(x))
+    assert torch.allclose(out[:, 0], s.alpha(t))
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(betas=torch.tensor([0.1, 1.2])), "betas must lie in"),
+    (dict(betas=torch.tensor([0.1, float("nan")])), "NaN"),
+    (dict(betas=torch.ones(2, 2) * 0.1), "1-D"),
+    (dict(), "exactly one"),
+    (dict(betas=torch.tensor([0.1, 0.2]), alphas_cumprod=torch.tensor([0.9, 0.8])), "exactly one"),
+    (dict(alphas_cumprod=torch.tensor([0.9, 0.95, 0.5])), "strictly decreasing"),
+])
+def test_discrete_bad_input(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        dd.DiscreteVP(**kwargs)
+
+
+def test_linear_bad_input():
+    with pytest.raises(ValueError, match="beta_0 must be <= beta_1"):
+        dd.LinearVP(beta_0=5.0, beta_1=1.0)
+    with pytest.raises(ValueError, match="T must be < 1"):
+        dd.CosineVP(T=1.0)
