@@ -1,15 +1,78 @@
-"""Small shared helpers: broadcasting, time conversion, argument validation."""
+"""Small shared helpers: broadcasting, time conversion, argument validation, non-finite reports."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+import numbers
+import operator
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
 
 Number = float | int
+
+# Half-precision states are integrated in this dtype (see diffode.solve); others in their own.
+HALF_DTYPES = (torch.float16, torch.bfloat16)
+
+
+class NonFiniteError(ValueError):
+    """A model output or the state became NaN or infinite during a solve.
+
+    Raised by :func:`diffode.solve` and :func:`diffode.solve_adaptive` (and the
+    :class:`~diffode.integrators.DPMSolver` front) when they are asked to check
+    (``check_finite=True``), and always by the adaptive solver, whose error estimate exposes a
+    non-finite step for free.
+
+    Attributes:
+        step: The 1-based index of the step where it appeared (0: the initial state).
+        t: The time of the model evaluation (or of the state) that was not finite.
+        samples: The batch indices of the samples with non-finite values.
+        what: What was not finite, e.g. ``"model output (data prediction)"`` or ``"state"``.
+    """
+
+    def __init__(self, step: int, t: float, samples: Sequence[int], what: str, detail: str = ""):
+        self.step, self.t, self.samples, self.what = step, float(t), list(samples), what
+        shown = self.samples if len(self.samples) <= 16 else [*self.samples[:16], "..."]
+        where = "in the initial state" if step == 0 else f"at step {step}"
+        message = (f"non-finite {what} {where} (t={self.t:.6g}) in {len(self.samples)} sample(s), "
+                   f"batch indices {shown}")
+        super().__init__(message + (f"; {detail}" if detail else ""))
+
+
+def nonfinite_samples(value: Tensor) -> list[int]:
+    """Batch indices of the samples of ``value`` (shape ``(B, ...)``) that hold a NaN or an infinity.
+
+    Synchronises with the device: call it only on an error path or where a sync is allowed.
+    """
+    flags = ~torch.isfinite(value.detach()).reshape(value.shape[0], -1).all(dim=1)
+    return flags.nonzero().flatten().tolist()
+
+
+def check_int(name: str, value: Any, *, low: int | None = None) -> int:
+    """Validate an integer argument (``bool`` excluded, NumPy integers accepted) and return it as an ``int``."""
+    if isinstance(value, bool):
+        raise TypeError(f"{name} must be an integer, got a bool ({value!r})")
+    try:
+        value = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name} must be an integer, got {type(value).__name__} ({value!r})") from None
+    if low is not None and value < low:
+        raise ValueError(f"{name} must be an integer >= {low}, got {value}")
+    return value
+
+
+def check_tensor(name: str, x: Any) -> Tensor:
+    """Validate a state argument: a non-empty floating tensor of shape ``(B, ...)``."""
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor (float16, bfloat16, float32 or float64), "
+                        f"got dtype {x.dtype}")
+    if x.ndim < 1 or x.shape[0] == 0 or x.numel() == 0:
+        raise ValueError(f"{name} must have shape (B, ...) with B >= 1 and no empty dimension, got {tuple(x.shape)}")
+    return x
 
 
 def expand_to(v: Tensor | Number, x: Tensor) -> Tensor | float:
@@ -51,8 +114,8 @@ def check_finite_number(name: str, value: Any, *, positive: bool = False, nonneg
         if value.numel() != 1:
             raise ValueError(f"{name} must be a single number, got a tensor of shape {tuple(value.shape)}")
         value = value.item()
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__} ({value!r})")
     value = float(value)
     if not math.isfinite(value):
         raise ValueError(f"{name} must be finite, got {value}")

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from diffode._utils import check_finite_number
+from diffode._utils import check_finite_number, check_int
 
 __all__ = ["AdaptiveController"]
 
@@ -28,7 +28,8 @@ class AdaptiveController:
         theta: Safety factor in (0, 1].
         h_init: The first step in $\lambda$ (> 0).
         t_err: Stop when the time is within this distance of the end (> 0).
-        max_nfe: Give up with an error after this many model evaluations.
+        max_nfe: Give up with a ``RuntimeError`` before passing this many model evaluations, so
+            that a tolerance that cannot be met never loops for ever.
     """
 
     atol: float = 0.0078
@@ -46,14 +47,20 @@ class AdaptiveController:
             raise ValueError(f"theta must lie in (0, 1], got {self.theta}")
         self.h_init = check_finite_number("h_init", self.h_init, positive=True)
         self.t_err = check_finite_number("t_err", self.t_err, positive=True)
-        if isinstance(self.max_nfe, bool) or not isinstance(self.max_nfe, int) or self.max_nfe < 1:
-            raise ValueError(f"max_nfe must be a positive integer, got {self.max_nfe!r}")
+        self.max_nfe = check_int("max_nfe", self.max_nfe, low=1)
+
+    def errors(self, x_high: Tensor, x_low: Tensor, x_prev: Tensor) -> Tensor:
+        """The scaled error of a step per sample (RMS norm), a ``(B,)`` tensor on the state's device."""
+        delta = torch.clamp_min(self.rtol * torch.maximum(x_low.abs(), x_prev.abs()), self.atol)
+        ratio = ((x_high - x_low) / delta).reshape(x_low.shape[0], -1)
+        return ratio.square().mean(dim=1).sqrt()
 
     def error(self, x_high: Tensor, x_low: Tensor, x_prev: Tensor) -> float:
-        """The scaled error $E$ of a step (the largest per-sample RMS norm)."""
-        delta = torch.maximum(torch.full_like(x_low, self.atol), self.rtol * torch.maximum(x_low.abs(), x_prev.abs()))
-        ratio = ((x_high - x_low) / delta).reshape(x_low.shape[0], -1)
-        return float(ratio.square().mean(dim=1).sqrt().max())
+        """The scaled error $E$ of a step: the largest per-sample RMS norm (NaN if any sample is NaN).
+
+        This is the adaptive loop's one host-device synchronisation per step.
+        """
+        return float(self.errors(x_high, x_low, x_prev).max())
 
     def next_h(self, h: float, error: float, order: int, remaining: float) -> float:
         """The next step, signed like ``remaining`` (the distance left to the end in $\\lambda$)."""

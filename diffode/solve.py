@@ -1,18 +1,39 @@
-"""The sampling loop: one driver for fixed grids and one for adaptive steps."""
+r"""The sampling loop: one driver for fixed grids and one for adaptive steps.
+
+Both drivers share three guarantees.
+
+* **Precision.** A float16 or bfloat16 state is integrated in float32: ``x`` is cast up once at the
+  start, the network still sees the state in the caller's dtype (through
+  :meth:`Predictor.predict_mixed <diffode.models.Predictor.predict_mixed>`, which casts its output
+  back up), and the result is cast back to the caller's dtype at the end. Step coefficients and
+  schedule values are float64 Python numbers throughout. Other dtypes are integrated as they are.
+* **Clear failures.** Arguments are validated before the first model evaluation, every model
+  output must have the shape and device of ``x``, and ``check_finite=True`` turns a NaN or an
+  infinity into a :class:`NonFiniteError` that names the step, the time and the samples.
+* **No host-device synchronisation in the fixed-grid loop.** Every schedule value and step
+  coefficient is a Python float computed on the host before or between steps; the loop issues
+  tensor operations on ``x`` and the model outputs only. ``check_finite=True`` adds exactly one
+  synchronisation per step; with the default ``False`` it adds no work at all. The adaptive loop
+  needs the error on the host and synchronises once per step anyway.
+"""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 
+from diffode._utils import HALF_DTYPES, NonFiniteError, check_int, check_tensor, nonfinite_samples
 from diffode.controllers import AdaptiveController
 from diffode.integrators.base import Integrator
+from diffode.models.parameterizations import Scaled
 from diffode.models.predictor import Predictor
+from diffode.schedules.base import NoiseSchedule, TimePoint
 
-__all__ = ["Solution", "solve", "solve_adaptive"]
+__all__ = ["NonFiniteError", "Solution", "denoise", "solve", "solve_adaptive", "working_dtype"]
 
 
 @dataclass
@@ -20,12 +41,13 @@ class Solution:
     """The result of a solve.
 
     Attributes:
-        x: The final state.
+        x: The final state, in the dtype of the initial state.
         times: The times the solution passed through (the grid, or the accepted adaptive steps).
         nfe: The exact number of model evaluations.
         intermediates: Every state on ``times`` (the start included) when asked for, else ``None``.
         n_accepted: Accepted steps.
         n_rejected: Rejected steps (adaptive solves only).
+        lams: The half log-SNR at each of ``times``.
     """
 
     x: Tensor
@@ -37,91 +59,323 @@ class Solution:
     lams: list[float] = field(default_factory=list)
 
 
-def solve(model: Predictor, x: Tensor, integrator: Integrator, times: Sequence[float] | Tensor, *,
+def working_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype a state of ``dtype`` is integrated in: float32 for float16 and bfloat16, else ``dtype``."""
+    return torch.float32 if dtype in HALF_DTYPES else dtype
+
+
+class _Evaluator(Predictor):
+    """The predictor the integrators see during a solve: the user's model behind the solve's guards.
+
+    It runs the network in the caller's dtype when the state is integrated in a wider one, checks
+    that every output has the shape and device of the state (metadata only, no synchronisation), and,
+    when asked, records per-sample finiteness flags of the outputs as device tensors, to be read
+    once per step by :meth:`check`.
+    """
+
+    def __init__(self, model: Predictor, network_dtype: torch.dtype | None, check_finite: bool):
+        self.model = model
+        self.schedule = model.schedule
+        self.network_dtype = network_dtype
+        self.records: list[tuple[float, str, Tensor]] | None = [] if check_finite else None
+
+    def predict(self, x: Tensor, point: TimePoint, kind: str) -> Scaled:
+        if self.network_dtype is None:
+            out = self.model.predict(x, point, kind)
+        else:
+            out = self.model.predict_mixed(x, point, kind, self.network_dtype)
+        if not isinstance(out, Scaled):
+            raise TypeError(f"{type(self.model).__name__}.predict must return a diffode.models.Scaled, "
+                            f"got {type(out).__name__}")
+        tensor = out.tensor
+        if tensor.shape != x.shape or tensor.device != x.device:
+            raise ValueError(f"the model's {kind} prediction at t={point.t:.6g} has shape {tuple(tensor.shape)} on "
+                             f"{tensor.device}, but x has shape {tuple(x.shape)} on {x.device}; a model must return "
+                             "a tensor of the shape of x on its device")
+        if self.records is not None:
+            self.records.append((point.t, kind, torch.isfinite(tensor).reshape(x.shape[0], -1).all(dim=1)))
+        return out
+
+    def check(self, x: Tensor, step: int, t: float) -> None:
+        """Raise :class:`NonFiniteError` if a recorded output or ``x`` is not finite (one host sync)."""
+        records, self.records = self.records, []
+        flags = [flag for _, _, flag in records]
+        flags.append(torch.isfinite(x).reshape(x.shape[0], -1).all(dim=1))
+        if bool(torch.stack(flags).all()):
+            return
+        raise self.diagnose(records, x, step, t, "state")
+
+    @staticmethod
+    def diagnose(records, x: Tensor, step: int, t: float, what: str) -> NonFiniteError:
+        """The error for the first non-finite recorded output, else for ``x`` (an error path: syncs freely)."""
+        for t_eval, kind, flag in records or ():
+            bad = (~flag).nonzero().flatten().tolist()
+            if bad:
+                return NonFiniteError(step, t_eval, bad, f"model output ({kind} prediction)")
+        return NonFiniteError(step, t, nonfinite_samples(x), what)
+
+
+def _check_model(model: Predictor) -> None:
+    if not isinstance(model, Predictor):
+        raise TypeError(f"model must be a diffode Predictor, got {type(model).__name__}; wrap a network with "
+                        "diffode.models.wrap(net, schedule, ...)")
+    if not isinstance(getattr(model, "schedule", None), NoiseSchedule):
+        raise TypeError(f"model.schedule must be a diffode NoiseSchedule, got {type(getattr(model, 'schedule', None)).__name__}")
+
+
+def _get_integrator(integrator: Integrator | str) -> Integrator:
+    from diffode.integrators.registry import get_integrator
+
+    return get_integrator(integrator)
+
+
+def _check_callable(name: str, fn) -> None:
+    if fn is not None and not callable(fn):
+        raise TypeError(f"{name} must be None or a callable, got {type(fn).__name__}")
+
+
+def _corrected(fn: Callable, x: Tensor, t: float, step: int) -> Tensor:
+    out = fn(x, t, step)
+    if not isinstance(out, Tensor) or out.shape != x.shape:
+        got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+        raise ValueError(f"correcting_xt_fn must return a tensor of the shape of x, {tuple(x.shape)}, got {got}")
+    return out.to(x.dtype)
+
+
+def _grid_points(schedule: NoiseSchedule, times: Sequence[float] | Tensor) -> list[TimePoint]:
+    """Validate a time grid (on the host) and return its points."""
+    try:
+        grid = torch.as_tensor(times.detach() if isinstance(times, Tensor) else times, dtype=torch.float64)
+    except (TypeError, ValueError, RuntimeError) as error:
+        raise TypeError(f"times must be a 1-D sequence or tensor of numbers, got {type(times).__name__} ({error})") from None
+    if grid.ndim != 1 or grid.numel() < 2:
+        raise ValueError(f"times must be 1-D with at least 2 entries, got shape {tuple(grid.shape)}")
+    grid = grid.cpu()
+    schedule.check_time("times", grid)
+    steps = grid[1:] - grid[:-1]
+    if not ((steps < 0).all() or (steps > 0).all()):
+        raise ValueError("times must be strictly monotone (decreasing to sample, increasing to invert), got "
+                         f"{[round(v, 6) for v in grid.tolist()]}")
+    points = schedule.points(grid)
+    for i, p in enumerate(points):
+        if not math.isfinite(p.lam):
+            raise ValueError(f"times[{i}] = {p.t!r} has an infinite half log-SNR under {schedule!r}; "
+                             "the solvers need t > 0 (end sampling at a small positive time)")
+    return points
+
+
+def _check_orders(orders: Sequence[int], n: int, integrator: Integrator) -> list[int]:
+    if isinstance(orders, (str, bytes)) or not isinstance(orders, Sequence):
+        raise TypeError(f"orders must be a sequence of integers, got {type(orders).__name__}")
+    if len(orders) != n:
+        raise ValueError(f"orders has {len(orders)} entries for {n} steps")
+    checked = [check_int(f"orders[{i}]", o, low=1) for i, o in enumerate(orders)]
+    for i, o in enumerate(checked):
+        if o > integrator.order:
+            raise ValueError(f"orders[{i}] = {o} exceeds the order of {integrator!r}")
+    return checked
+
+
+def solve(model: Predictor, x: Tensor, integrator: Integrator | str, times: Sequence[float] | Tensor, *,
           orders: Sequence[int] | None = None, lower_order_final: bool = False,
-          correcting_xt_fn: Callable | None = None, return_intermediate: bool = False) -> Solution:
+          correcting_xt_fn: Callable | None = None, return_intermediate: bool = False,
+          check_finite: bool = False) -> Solution:
     """Integrate the probability-flow ODE of ``model`` through the given times.
 
     Every schedule value and step coefficient is a Python float computed on the host before or
     between steps, so the loop issues tensor operations only on ``x`` and the model outputs, and never
-    waits for the device.
+    waits for the device (unless ``check_finite``). A float16 or bfloat16 ``x`` is integrated in
+    float32 and returned in its own dtype (see the module docstring).
 
     Args:
         model: The :class:`~diffode.models.Predictor`.
-        x: The state at ``times[0]``.
-        integrator: Any fixed-grid :class:`~diffode.integrators.Integrator`.
-        times: The grid, monotone (decreasing to sample, increasing to invert).
+        x: The state at ``times[0]``, shape ``(B, ...)``.
+        integrator: Any fixed-grid :class:`~diffode.integrators.Integrator`, or a registered name.
+        times: The grid, strictly monotone (decreasing to sample, increasing to invert), inside the
+            schedule's ``[t_min, T]`` and with every time > 0.
         orders: The order of each step (default: the integrator's :meth:`step_orders`).
         lower_order_final: Passed to :meth:`step_orders` when ``orders`` is not given.
-        correcting_xt_fn: Called as ``fn(x, t, step)`` after each step; returns the corrected x.
-        return_intermediate: Keep every state on the grid.
+        correcting_xt_fn: Called as ``fn(x, t, step)`` after each step; returns the corrected x. It
+            sees the state in the working precision (float32 for a half-precision ``x``).
+        return_intermediate: Keep every state on the grid (in the dtype of ``x``).
+        check_finite: Check every model output and the state after every step, and raise
+            :class:`NonFiniteError` at the first step with a NaN or an infinity. Costs one host
+            synchronisation per step; off, it costs nothing.
 
     Returns:
         A :class:`Solution`.
+
+    Raises:
+        TypeError: For arguments of the wrong type.
+        ValueError: For invalid arguments, or a model output whose shape differs from ``x``.
+        NonFiniteError: With ``check_finite``, at the first non-finite model output or state.
     """
-    times = torch.as_tensor(times, dtype=torch.float64).reshape(-1).cpu()
-    points = model.schedule.points(times)
+    _check_model(model)
+    x = check_tensor("x", x)
+    integrator = _get_integrator(integrator)
+    _check_callable("correcting_xt_fn", correcting_xt_fn)
+    points = _grid_points(model.schedule, times)
     n = len(points) - 1
     if orders is None:
         orders = integrator.step_orders(n, lower_order_final)
-    if len(orders) != n:
-        raise ValueError(f"orders has {len(orders)} entries for {n} steps")
+    orders = _check_orders(orders, n, integrator)
+    dtype = x.dtype
+    work = working_dtype(dtype)
+    evaluator = _Evaluator(model, dtype if work != dtype else None, bool(check_finite))
+    state_x = x.to(work)
+    if check_finite:
+        evaluator.check(state_x, 0, points[0].t)
     state = integrator.init()
     nfe = 0
     intermediates = [x] if return_intermediate else None
     for i in range(n):
-        result = integrator.step(model, x, points[i], points[i + 1], state, orders[i])
-        x, state, nfe = result.x, result.state, nfe + result.nfe
+        result = integrator.step(evaluator, state_x, points[i], points[i + 1], state, orders[i])
+        state_x, state, nfe = result.x, result.state, nfe + result.nfe
         if correcting_xt_fn is not None:
-            x = correcting_xt_fn(x, points[i + 1].t, i + 1)
+            state_x = _corrected(correcting_xt_fn, state_x, points[i + 1].t, i + 1)
+        if check_finite:
+            evaluator.check(state_x, i + 1, points[i + 1].t)
         if intermediates is not None:
-            intermediates.append(x)
-    return Solution(x=x, times=[p.t for p in points], nfe=nfe, intermediates=intermediates,
+            intermediates.append(state_x.to(dtype))
+    return Solution(x=state_x.to(dtype), times=[p.t for p in points], nfe=nfe, intermediates=intermediates,
                     n_accepted=n, lams=[p.lam for p in points])
 
 
-def solve_adaptive(model: Predictor, x: Tensor, integrator: Integrator, t_start: float, t_end: float,
+def denoise(model: Predictor, x: Tensor, t: float, *, check_finite: bool = False, step: int = 0) -> Tensor:
+    r"""The data prediction $\hat x_0(x, t)$ with the guards of :func:`solve` (the final denoising step).
+
+    Args:
+        model: The :class:`~diffode.models.Predictor`.
+        x: The state at ``t``.
+        t: The time (a host number).
+        check_finite: Raise :class:`NonFiniteError` if the prediction is not finite.
+        step: The step index to report in that error.
+
+    Returns:
+        The data prediction, in the dtype of ``x`` (computed in float32 for half-precision ``x``).
+    """
+    _check_model(model)
+    x = check_tensor("x", x)
+    work = working_dtype(x.dtype)
+    evaluator = _Evaluator(model, x.dtype if work != x.dtype else None, bool(check_finite))
+    point = model.schedule.point(t)
+    out = evaluator.predict(x.to(work), point, "data").value()
+    if check_finite:
+        evaluator.check(out, step, point.t)
+    return out.to(x.dtype)
+
+
+def _adaptive_failure(evaluator: _Evaluator, controller: AdaptiveController, result, x_prev: Tensor, attempt: int,
+                      t: float) -> NonFiniteError | None:
+    """The :class:`NonFiniteError` for a step whose error estimate is not finite (an error path).
+
+    ``None`` when both states are finite: then the error only overflowed (a tolerance far below the
+    step's accuracy), and the step is rejected like any other.
+    """
+    for what, value in (("state", result.x), ("lower-order state", result.x_low)):
+        bad = nonfinite_samples(value)
+        if bad:
+            if evaluator.records:
+                return evaluator.diagnose(evaluator.records, value, attempt, t, what)
+            return NonFiniteError(attempt, t, bad, what, "pass check_finite=True to find the model evaluation")
+    errors = controller.errors(result.x, result.x_low, x_prev)
+    bad = torch.isnan(errors).nonzero().flatten().tolist()
+    if bad:
+        return NonFiniteError(attempt, t, bad, "error estimate")
+    return None
+
+
+def solve_adaptive(model: Predictor, x: Tensor, integrator: Integrator | str, t_start: float, t_end: float,
                    controller: AdaptiveController | None = None, *, correcting_xt_fn: Callable | None = None,
-                   return_intermediate: bool = False) -> Solution:
+                   return_intermediate: bool = False, check_finite: bool = False) -> Solution:
     """Integrate with an embedded pair, the step size chosen by ``controller``.
 
     The accept/reject decision needs the error on the host, so this loop synchronises once per step.
+    Because that error mixes every sample, a NaN or an infinity anywhere shows up in it, and the
+    solver raises :class:`NonFiniteError` at that step whatever ``check_finite`` says; with
+    ``check_finite`` the error names the model evaluation where it first appeared. The loop ends
+    after at most ``controller.max_nfe`` model evaluations.
+
+    Args:
+        model: The :class:`~diffode.models.Predictor`.
+        x: The state at ``t_start``.
+        integrator: An embedded pair (``integrator.error_order`` set), or a registered name.
+        t_start: The start time (in ``(0, T]``).
+        t_end: The end time (in ``[t_min, T]``, > 0, different from ``t_start``).
+        controller: The step-size controller (default :class:`~diffode.controllers.AdaptiveController`).
+        correcting_xt_fn: Called as ``fn(x, t, step)`` after each accepted step.
+        return_intermediate: Keep every accepted state.
+        check_finite: Record finiteness of every model output for a precise report (see above).
+
+    Returns:
+        A :class:`Solution`.
 
     Raises:
-        RuntimeError: When the step count would pass ``controller.max_nfe`` evaluations.
+        RuntimeError: When the step count would pass ``controller.max_nfe`` evaluations, or the step
+            size underflows because the tolerances cannot be met.
+        NonFiniteError: When a step produces a NaN or an infinity.
     """
+    _check_model(model)
+    x = check_tensor("x", x)
+    integrator = _get_integrator(integrator)
     if integrator.error_order is None:
         raise ValueError(f"{integrator!r} has no error estimate; use an embedded pair such as DPMSolverAdaptive")
-    controller = controller or AdaptiveController()
+    if controller is None:
+        controller = AdaptiveController()
+    elif not isinstance(controller, AdaptiveController):
+        raise TypeError(f"controller must be an AdaptiveController, got {type(controller).__name__}")
+    _check_callable("correcting_xt_fn", correcting_xt_fn)
     schedule = model.schedule
-    s = schedule.point(t_start)
-    end = schedule.point(t_end)
+    t_start = schedule.check_time("t_start", t_start)
+    t_end = schedule.check_time("t_end", t_end)
+    if t_start == t_end:
+        raise ValueError(f"t_start and t_end must differ, got {t_start} for both")
+    s, end = _grid_points(schedule, [t_start, t_end])
+    dtype = x.dtype
+    work = working_dtype(dtype)
+    evaluator = _Evaluator(model, dtype if work != dtype else None, bool(check_finite))
+    state_x = x.to(work)
+    if check_finite:
+        evaluator.check(state_x, 0, s.t)
     remaining = end.lam - s.lam
     h = min(controller.h_init, abs(remaining)) * (1.0 if remaining >= 0 else -1.0)
-    x_prev = x
+    x_prev = state_x
     state = integrator.init()
     nfe = accepted = rejected = 0
     times, lams = [s.t], [s.lam]
     intermediates = [x] if return_intermediate else None
     while abs(s.t - end.t) > controller.t_err:
         if nfe + integrator.evals_per_step > controller.max_nfe:
-            raise RuntimeError(f"the adaptive solver reached max_nfe={controller.max_nfe} at t={s.t:.6g} "
-                               f"(atol={controller.atol}, rtol={controller.rtol}); loosen the tolerances or raise max_nfe")
+            raise RuntimeError(f"the adaptive solver reached max_nfe={controller.max_nfe} at t={s.t:.6g} after "
+                               f"{accepted} accepted and {rejected} rejected steps (atol={controller.atol}, "
+                               f"rtol={controller.rtol}); loosen the tolerances or raise max_nfe")
+        if s.lam + h == s.lam:
+            raise RuntimeError(f"the adaptive solver's step size underflowed (h={h:.3g} in lambda) at t={s.t:.6g}: "
+                               f"the tolerances atol={controller.atol}, rtol={controller.rtol} cannot be met; "
+                               "loosen them")
         t = end if abs(h - (end.lam - s.lam)) <= 1e-12 * max(1.0, abs(h)) else schedule.point_at_lambda(s.lam + h)
-        result = integrator.step(model, x, s, t, state)
+        result = integrator.step(evaluator, state_x, s, t, state)
         nfe += result.nfe
         error = controller.error(result.x, result.x_low, x_prev)
+        attempt = accepted + rejected + 1
+        if not math.isfinite(error):
+            failure = _adaptive_failure(evaluator, controller, result, x_prev, attempt, t.t)
+            if failure is not None:
+                raise failure
+            error = math.inf
+        if evaluator.records is not None:
+            evaluator.records.clear()
         if error <= 1.0:
-            x, x_prev, s, state = result.x, result.x_low, t, result.state
+            state_x, x_prev, s, state = result.x, result.x_low, t, result.state
             accepted += 1
             if correcting_xt_fn is not None:
-                x = correcting_xt_fn(x, s.t, accepted)
+                state_x = _corrected(correcting_xt_fn, state_x, s.t, accepted)
             times.append(s.t)
             lams.append(s.lam)
             if intermediates is not None:
-                intermediates.append(x)
+                intermediates.append(state_x.to(dtype))
         else:
             rejected += 1
         h = controller.next_h(h, error, integrator.order, end.lam - s.lam)
-    return Solution(x=x, times=times, nfe=nfe, intermediates=intermediates, n_accepted=accepted,
+    return Solution(x=state_x.to(dtype), times=times, nfe=nfe, intermediates=intermediates, n_accepted=accepted,
                     n_rejected=rejected, lams=lams)

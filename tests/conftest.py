@@ -5,6 +5,11 @@ import pytest
 import torch
 
 
+# Tiny tensors dominate the suite; with two intra-op threads some kernels (softmax, searchsorted) take
+# milliseconds instead of microseconds on small shared machines.
+torch.set_num_threads(1)
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

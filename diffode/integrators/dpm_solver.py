@@ -7,17 +7,17 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
-from diffode._utils import Number, check_choice, check_finite_number
+from diffode._utils import Number, check_choice, check_finite_number, check_int, check_tensor
 from diffode.controllers import AdaptiveController
 from diffode.integrators.adaptive import DPMSolverAdaptive
-from diffode.integrators.base import Integrator
-from diffode.integrators.grids import TimeGrid, get_grid
-from diffode.integrators.multistep import DPMSolverMultistep
+from diffode.integrators.base import SOLVER_TYPES, Integrator
+from diffode.integrators.grids import GivenTimes, TimeGrid, UniformLambda, get_grid
+from diffode.integrators.multistep import WARMUPS, DPMSolverMultistep
 from diffode.integrators.singlestep import DPMSolverSinglestep
 from diffode.models.parameterizations import Scaled
 from diffode.models.predictor import Predictor
 from diffode.schedules.base import NoiseSchedule, TimePoint
-from diffode.solve import Solution, solve, solve_adaptive
+from diffode.solve import Solution, denoise, solve, solve_adaptive
 
 __all__ = ["DPMSolver", "CorrectedData", "dynamic_thresholding", "singlestep_orders"]
 
@@ -45,6 +45,12 @@ class CorrectedData(Predictor):
         if kind != "data":
             return self.predictor.predict(x, point, kind)
         return Scaled(self.fn(self.predictor.predict(x, point, "data").value(), point.t))
+
+    def predict_mixed(self, x: Tensor, point: TimePoint, kind: str, network_dtype: torch.dtype) -> Scaled:
+        out = self.predictor.predict_mixed(x, point, kind, network_dtype)
+        if kind != "data":
+            return out
+        return Scaled(self.fn(out.value(), point.t))
 
 
 def singlestep_orders(steps: int, order: int) -> list[int]:
@@ -78,6 +84,11 @@ class DPMSolver:
         correcting_xt_fn: A callable ``fn(x, t, step) -> x`` applied after every step.
         thresholding_max_val: The lower bound of the dynamic-thresholding scale.
         dynamic_thresholding_ratio: The quantile of dynamic thresholding.
+        check_finite: Check every model output and the state after every step, and raise
+            :class:`~diffode.solve.NonFiniteError` (a ``ValueError``) at the first NaN or infinity,
+            naming the step, the time and the samples. It costs one host-device synchronisation per
+            step, nothing when off (the default). It is an option of the solver, not of
+            :meth:`sample`, so that ``sample`` keeps the reference implementation's signature.
 
     Attributes:
         last_solution: The :class:`~diffode.solve.Solution` of the last call (with its exact ``nfe``).
@@ -85,7 +96,8 @@ class DPMSolver:
 
     def __init__(self, model: Predictor, schedule: NoiseSchedule | None = None, algorithm: str = "dpmsolver++",
                  correcting_x0_fn: str | Callable | None = None, correcting_xt_fn: Callable | None = None,
-                 thresholding_max_val: float = 1.0, dynamic_thresholding_ratio: float = 0.995):
+                 thresholding_max_val: float = 1.0, dynamic_thresholding_ratio: float = 0.995,
+                 check_finite: bool = False):
         if not isinstance(model, Predictor):
             raise TypeError("model must be a diffode Predictor; wrap a network with diffode.models.wrap(net, schedule, ...)")
         if schedule is not None and schedule is not model.schedule:
@@ -113,6 +125,9 @@ class DPMSolver:
         self.correcting_x0_fn = correcting_x0_fn
         self.correcting_xt_fn = correcting_xt_fn
         self.predictor = model if correcting_x0_fn is None else CorrectedData(model, correcting_x0_fn)
+        if not isinstance(check_finite, bool):
+            raise TypeError(f"check_finite must be a bool, got {type(check_finite).__name__}")
+        self.check_finite = check_finite
         self.last_solution: Solution | None = None
 
     def dynamic_thresholding_fn(self, x0: Tensor, t=None) -> Tensor:
@@ -183,17 +198,21 @@ class DPMSolver:
 
     def _run(self, x, steps, t_start, t_end, order, skip_type, method, lower_order_final, denoise_to_zero,
              solver_type, atol, rtol, return_intermediate, warmup, direction):
-        if not isinstance(x, Tensor):
-            raise TypeError(f"x must be a tensor, got {type(x).__name__}")
-        if not x.is_floating_point() or x.ndim < 1:
-            raise ValueError(f"x must be a floating tensor of shape (B, ...), got dtype {x.dtype} and shape {tuple(x.shape)}")
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-            raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
-        if isinstance(order, bool) or order not in (1, 2, 3):
-            raise ValueError(f"order must be 1, 2 or 3, got {order!r}")
+        # Validate everything before the first model evaluation, whatever the method ignores.
+        x = check_tensor("x", x)
+        steps = check_int("steps", steps, low=1)
+        order = check_int("order", order)
+        if order not in (1, 2, 3):
+            raise ValueError(f"order must be 1, 2 or 3, got {order}")
         check_choice("method", method, METHODS)
-        t_start = self.schedule.check_time("t_start", check_finite_number("t_start", t_start))
-        t_end = self.schedule.check_time("t_end", check_finite_number("t_end", t_end))
+        if method == "adaptive" and order == 1:
+            raise ValueError("order must be 2 (DPM-Solver-12) or 3 (DPM-Solver-23) for method='adaptive', got 1")
+        check_choice("solver_type", solver_type, SOLVER_TYPES)
+        check_choice("warmup", warmup, WARMUPS)
+        controller = AdaptiveController(atol=atol, rtol=rtol)
+        grid = get_grid(skip_type)
+        t_start = self.schedule.check_time("t_start", t_start)
+        t_end = self.schedule.check_time("t_end", t_end)
         for name, value in (("t_start", t_start), ("t_end", t_end)):
             if value <= 0.0:
                 raise ValueError(f"{name} must be > 0 (lambda is infinite at t = 0), got {value}")
@@ -202,12 +221,12 @@ class DPMSolver:
         if direction > 0 and not t_start < t_end:
             raise ValueError(f"inverse needs t_start < t_end, got t_start={t_start}, t_end={t_end}")
         integrator = self.integrator(method, order, solver_type, warmup)
+        check = self.check_finite
         if method == "adaptive":
-            controller = AdaptiveController(atol=atol, rtol=rtol)
             solution = solve_adaptive(self.predictor, x, integrator, t_start, t_end, controller,
-                                      correcting_xt_fn=self.correcting_xt_fn, return_intermediate=return_intermediate)
+                                      correcting_xt_fn=self.correcting_xt_fn, return_intermediate=return_intermediate,
+                                      check_finite=check)
         else:
-            grid = get_grid(skip_type)
             if method == "multistep":
                 n, orders = steps, None
             elif method == "singlestep":
@@ -216,11 +235,13 @@ class DPMSolver:
             else:
                 n = max(steps // order, 1)
                 orders = [min(order, steps)] * n
-            times = self._grid(grid, t_start, t_end, steps, n, orders, method)
+            times = self._grid(grid, t_start, t_end, steps, n, orders, method, direction)
             solution = solve(self.predictor, x, integrator, times, orders=orders, lower_order_final=lower_order_final,
-                             correcting_xt_fn=self.correcting_xt_fn, return_intermediate=return_intermediate)
+                             correcting_xt_fn=self.correcting_xt_fn, return_intermediate=return_intermediate,
+                             check_finite=check)
         if denoise_to_zero:
-            solution.x = self.predictor.data(solution.x, solution.times[-1])
+            solution.x = denoise(self.predictor, solution.x, solution.times[-1], check_finite=check,
+                                 step=solution.n_accepted + 1)
             solution.nfe += 1
             if solution.intermediates is not None:
                 solution.intermediates.append(solution.x)
@@ -229,14 +250,16 @@ class DPMSolver:
             return solution.x, solution.intermediates
         return solution.x
 
-    def _grid(self, grid, t_start, t_end, steps, n, orders, method):
-        from diffode.integrators.grids import GivenTimes, UniformLambda
-
+    def _grid(self, grid, t_start, t_end, steps, n, orders, method, direction):
         if isinstance(grid, GivenTimes):
             times = grid.values
             if times.numel() != n + 1:
                 raise ValueError(f"the given time grid has {times.numel() - 1} steps but method={method!r} "
                                  f"with steps={steps} needs {n}")
+            if (times[-1] - times[0]).item() * direction < 0:
+                need, call = ("decreasing", "sample") if direction < 0 else ("increasing", "inverse")
+                raise ValueError(f"{call}() needs a {need} time grid, got one from {times[0].item():g} to "
+                                 f"{times[-1].item():g}")
             return times
         if method == "singlestep" and not isinstance(grid, UniformLambda):
             # As the reference: take the full grid of `steps` points and keep the outer step ends.

@@ -2,7 +2,6 @@ r"""Guidance: classifier-free guidance in one batched forward, and classifier gu
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -24,6 +23,10 @@ def concat_conditions(first: Any, second: Any) -> Any:
     batched for classifier-free guidance.
     """
     if isinstance(first, Tensor) and isinstance(second, Tensor):
+        if first.shape != second.shape:
+            # Unequal batches would shift the halves of the doubled batch against each other.
+            raise ValueError(f"unconditional_condition and condition must have the same shape, got "
+                             f"{tuple(first.shape)} and {tuple(second.shape)} (expand the smaller one to the batch)")
         return torch.cat([first, second])
     if isinstance(first, Mapping) and isinstance(second, Mapping):
         if set(first) != set(second):
@@ -63,6 +66,10 @@ class ClassifierFreeGuidance:
         if self.scale == 1.0:
             return self.network(x, t_input, self.condition, **kwargs)
         out = self.network(torch.cat([x, x]), torch.cat([t_input, t_input]), self._both, **kwargs)
+        if not isinstance(out, Tensor) or out.shape[:1] != (2 * x.shape[0],):
+            got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+            raise ValueError(f"classifier-free guidance calls the model on the doubled batch of {2 * x.shape[0]} "
+                             f"samples and needs an output with that batch, got {got}")
         out_uncond, out_cond = out.chunk(2)
         return torch.lerp(out_uncond, out_cond, self.scale)
 
@@ -98,13 +105,24 @@ class ClassifierGuidance(Predictor):
         with torch.enable_grad():
             x_in = x.detach().requires_grad_(True)
             log_prob = self.classifier_fn(x_in, t_input, self.condition, **self.classifier_kwargs)
+            if not isinstance(log_prob, Tensor) or not log_prob.requires_grad:
+                raise TypeError("classifier_fn must return log p(c|x) as a tensor that depends differentiably on x, "
+                                f"got {type(log_prob).__name__}")
             (grad,) = torch.autograd.grad(log_prob.sum(), x_in)
         return grad
 
     def predict(self, x: Tensor, point: TimePoint, kind: str) -> Scaled:
         eps = self.predictor.predict(x, point, "noise").value()
+        return self._guide(x, eps, x, point, kind)
+
+    def predict_mixed(self, x: Tensor, point: TimePoint, kind: str, network_dtype: torch.dtype) -> Scaled:
+        eps = self.predictor.predict_mixed(x, point, "noise", network_dtype).value()
+        return self._guide(x, eps, x.to(network_dtype), point, kind)
+
+    def _guide(self, x: Tensor, eps: Tensor, x_classifier: Tensor, point: TimePoint, kind: str) -> Scaled:
         if self.scale != 0.0:
-            eps = axpy(eps, self.gradient(x, point), -self.scale * point.sigma)
+            grad = self.gradient(x_classifier, point).to(x.dtype)
+            eps = axpy(eps, grad, -self.scale * point.sigma)
         if kind == "noise":
             return Scaled(eps)
         return Scaled(axpy(x, eps, -point.sigma), 1.0 / point.alpha)

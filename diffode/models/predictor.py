@@ -18,7 +18,9 @@ def resolve_point(schedule: NoiseSchedule, t: TimePoint | Tensor | Number, x: Te
     """Turn a time argument into a :class:`TimePoint`.
 
     A number gives float fields; a tensor of shape ``()`` or ``(B,)`` gives tensor fields shaped to
-    broadcast against ``x`` (per-sample times).
+    broadcast against ``x`` (per-sample times). Numbers and 0-d tensors are checked against the
+    schedule's ``[t_min, T]``; ``(B,)`` tensors are not, as that would synchronise with the device
+    (call ``schedule.check_time`` to check them).
     """
     if isinstance(t, TimePoint):
         return t
@@ -27,6 +29,9 @@ def resolve_point(schedule: NoiseSchedule, t: TimePoint | Tensor | Number, x: Te
     t = as_time(t).to(x.device)
     if t.ndim == 0:
         return schedule.point(float(t))
+    if t.ndim != 1 or t.shape[0] not in (1, x.shape[0]):
+        raise ValueError(f"a tensor time must have shape () or (B,) with B = {x.shape[0]} (the batch of x), "
+                         f"got {tuple(t.shape)}")
     log_alpha = schedule.log_alpha(t)
     log_sigma = schedule.log_sigma(t)
     return TimePoint(
@@ -52,6 +57,23 @@ class Predictor(abc.ABC):
     @abc.abstractmethod
     def predict(self, x: Tensor, point: TimePoint, kind: str) -> Scaled:
         """The ``"noise"`` or ``"data"`` prediction at ``x`` and ``point``, as a :class:`Scaled` tensor."""
+
+    def predict_mixed(self, x: Tensor, point: TimePoint, kind: str, network_dtype: torch.dtype) -> Scaled:
+        """:meth:`predict` with the network run in ``network_dtype`` while ``x`` and the result stay in ``x.dtype``.
+
+        The solvers use this to integrate a float16 or bfloat16 state in float32: the network sees
+        the state in the caller's dtype, everything else happens in ``x.dtype``. This default casts
+        ``x`` down, calls :meth:`predict` and casts the prediction up; wrappers that can do better
+        (convert the raw network output in ``x.dtype``) override it.
+
+        Args:
+            x: The state in the working precision.
+            point: Where to evaluate.
+            kind: ``"noise"`` or ``"data"``.
+            network_dtype: The dtype in which to run the network.
+        """
+        out = self.predict(x.to(network_dtype), point, kind)
+        return Scaled(out.tensor.to(x.dtype), out.scale)
 
     def noise(self, x: Tensor, t: TimePoint | Tensor | Number) -> Tensor:
         """The noise prediction $\\hat\\epsilon(x, t)$; ``t`` is a number, a ``(B,)`` tensor or a TimePoint."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -100,13 +100,26 @@ class ModelWrapper(Predictor):
             out = self.network(x, t_input, **self.model_kwargs)
         else:
             out = self.network(x, t_input, self.condition, **self.model_kwargs)
-        if not isinstance(out, Tensor) or out.shape != x.shape:
-            got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
-            raise ValueError(f"the model returned {got}, but its output must have the shape of x, {tuple(x.shape)}")
+        if not isinstance(out, Tensor):
+            raise TypeError(f"the model returned {type(out).__name__}, but it must return a tensor of the shape of x, "
+                            f"{tuple(x.shape)}")
+        if out.shape != x.shape:
+            raise ValueError(f"the model returned shape {tuple(out.shape)}, but its output must have the shape of x, "
+                             f"{tuple(x.shape)}")
+        if out.device != x.device:
+            raise ValueError(f"the model returned a tensor on {out.device}, but x is on {x.device}")
         return out
 
     def predict(self, x: Tensor, point: TimePoint, kind: str) -> Scaled:
-        out = self.forward(x, point.t)
+        return self._convert(self.forward(x, point.t), x, point, kind)
+
+    def predict_mixed(self, x: Tensor, point: TimePoint, kind: str, network_dtype: torch.dtype) -> Scaled:
+        # Only the network runs in its dtype: the conversion to the noise or data prediction divides
+        # by alpha or sigma, which would magnify a half-precision cancellation in x - sigma * eps.
+        out = self.forward(x.to(network_dtype), point.t).to(x.dtype)
+        return self._convert(out, x, point, kind)
+
+    def _convert(self, out: Tensor, x: Tensor, point: TimePoint, kind: str) -> Scaled:
         if kind == "noise":
             return self.parameterization.noise(out, x, point.alpha, point.sigma)
         return self.parameterization.data(out, x, point.alpha, point.sigma)
@@ -141,11 +154,29 @@ def wrap(model: Callable, schedule: NoiseSchedule, parameterization: str | Param
 
     Raises:
         ValueError: For an unknown parameterization or guidance type, a missing condition or
-            classifier, or a non-finite scale.
+            classifier, a non-finite scale, or guidance arguments that the chosen guidance would
+            silently ignore (a ``scale`` other than 1 or an ``unconditional_condition`` without
+            ``guidance="classifier-free"``, a ``classifier_fn`` without ``guidance="classifier"``).
+        TypeError: For a model that is not callable, a schedule that is not a
+            :class:`~diffode.schedules.NoiseSchedule`, or keyword arguments that are not dicts.
     """
+    if not callable(model):
+        raise TypeError(f"model must be callable, model(x, t_input, ...) -> tensor; got {type(model).__name__}")
+    if not isinstance(schedule, NoiseSchedule):
+        raise TypeError(f"schedule must be a diffode NoiseSchedule (e.g. DiscreteVP(betas=...)), got {type(schedule).__name__}")
+    for name, value in (("model_kwargs", model_kwargs), ("classifier_kwargs", classifier_kwargs)):
+        if value is not None and not isinstance(value, Mapping):
+            raise TypeError(f"{name} must be a dict of keyword arguments or None, got {type(value).__name__}")
     param = get_parameterization(parameterization)
     check_choice("guidance", guidance, GUIDANCE_TYPES)
     scale = check_finite_number("scale", scale)
+    if guidance == "uncond" and scale != 1.0:
+        raise ValueError(f"scale={scale} has no effect with guidance='uncond'; "
+                         "pass guidance='classifier-free' or 'classifier'")
+    if unconditional_condition is not None and guidance != "classifier-free":
+        raise ValueError(f"unconditional_condition is used by guidance='classifier-free' only, got guidance={guidance!r}")
+    if classifier_fn is not None and guidance != "classifier":
+        raise ValueError(f"classifier_fn is used by guidance='classifier' only, got guidance={guidance!r}")
     if time_input is None:
         time_input = default_time_input(schedule)
     elif isinstance(time_input, str):

@@ -4,19 +4,39 @@ A Gaussian diffusion path is ``x_t = alpha_t * x_0 + sigma_t * eps``. A schedule
 ``alpha_t`` and ``sigma_t`` (in log space), the half log-SNR
 ``lambda_t = log(alpha_t) - log(sigma_t)`` and its inverse, and the coefficients of the forward SDE
 ``dx = f(t) x dt + g(t) dW``.
+
+Where times are checked against ``[t_min, T]``:
+
+* **Host values are always checked.** :meth:`NoiseSchedule.points` and
+  :meth:`~NoiseSchedule.point` compute in float64 on the host anyway, so they reject a NaN or
+  out-of-range time for free; every solver, grid and Python-number time argument
+  (``Predictor.noise(x, 0.5)``, ``add_noise(x0, 0.5)``) goes through them or through
+  :meth:`~NoiseSchedule.check_time`. The integrators' internal map
+  :meth:`~NoiseSchedule.point_at_lambda` only rejects a NaN lambda or a non-finite point: an
+  adaptive Runge--Kutta method may evaluate slightly past the end of its interval.
+* **Device tensors are never checked implicitly.** The elementwise methods (``log_alpha``,
+  ``alpha``, ``sigma``, ``lambda_``, ``inverse_lambda``, ``f``, ``g2``) and tensor time arguments of
+  ``add_noise`` and ``Predictor.noise``/``data`` are hot paths that accept tensors on any device: a
+  range check there would need a host-device synchronisation on every call. Outside ``[t_min, T]``
+  they return whatever the formula gives (a linear extrapolation, NaN, an infinite lambda at
+  ``t = 0``). Call :meth:`~NoiseSchedule.check_time` on a tensor to check it explicitly (one sync).
 """
 
 from __future__ import annotations
 
 import abc
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-
 
 import torch
 from torch import Tensor
 
-from diffode._utils import Number, as_time, expand_to
+from diffode._utils import Number, as_time, check_finite_number, expand_to
+
+# Host times within this relative distance of [t_min, T] are treated as the end point (round-off of
+# inverse_lambda and of float32 copies of T); a zero t_min gets no slack, as t < 0 has no meaning.
+_TIME_SLACK = 1e-12
 
 __all__ = ["NoiseSchedule", "TimePoint", "VPSchedule"]
 
@@ -39,6 +59,13 @@ class TimePoint:
     lam: float
     alpha: float
     sigma: float
+
+
+def _digits(dtype: torch.dtype) -> int:
+    """Significant decimal digits of a floating dtype (integers: as many as float64)."""
+    if not dtype.is_floating_point:
+        return 17
+    return max(int(-math.log10(torch.finfo(dtype).resolution)) + 1, 3)
 
 
 class NoiseSchedule(abc.ABC):
@@ -134,27 +161,54 @@ class NoiseSchedule(abc.ABC):
         (p,) = self.points([t])
         return p
 
-    def points(self, ts) -> list[TimePoint]:
-        """Schedule values at several times, computed in one float64 pass on the host."""
+    def points(self, ts: Sequence[float] | Tensor) -> list[TimePoint]:
+        """Schedule values at several times, computed in one float64 pass on the host.
+
+        Raises:
+            ValueError: If a time is NaN or outside ``[t_min, T]``.
+        """
         t = torch.as_tensor(ts, dtype=torch.float64).reshape(-1).cpu()
+        self._check_host_times("t", t.tolist())
+        return self._points(t)
+
+    def _points(self, t: Tensor) -> list[TimePoint]:
         log_alpha, log_sigma = self.log_alpha(t), self.log_sigma(t)
         rows = zip(t.tolist(), (log_alpha - log_sigma).tolist(), log_alpha.exp().tolist(), log_sigma.exp().tolist())
         return [TimePoint(t=a, lam=b, alpha=c, sigma=d) for a, b, c, d in rows]
 
     def point_at_lambda(self, lam: float) -> TimePoint:
-        """The :class:`TimePoint` whose half log-SNR is ``lam``."""
-        t = float(self.inverse_lambda(torch.tensor(float(lam), dtype=torch.float64)))
-        p = self.point(t)
+        """The :class:`TimePoint` whose half log-SNR is ``lam``.
+
+        This is the integrators' map from $\\lambda$ to time. Unlike :meth:`points` it does not
+        confine the time to ``[t_min, T]``: adaptive Runge--Kutta stages (the reference solver's)
+        may step slightly past the end of the interval, where the schedule's formulas extend.
+
+        Raises:
+            ValueError: If ``lam`` is NaN, or the schedule has no finite point there.
+        """
+        lam = float(lam)
+        if math.isnan(lam):
+            raise ValueError(f"point_at_lambda needs a half log-SNR, got lam=nan for {self!r}")
+        t = self.inverse_lambda(torch.tensor(lam, dtype=torch.float64))
+        (p,) = self._points(t.reshape(1))
+        if not all(math.isfinite(v) for v in (p.t, p.alpha, p.sigma)):
+            raise ValueError(f"lam={lam!r} lies outside the range of {self!r} (t={p.t!r}, alpha={p.alpha!r}, "
+                             f"sigma={p.sigma!r})")
         # Keep the lambda that was asked for: the integrators' step sizes are defined in lambda.
-        return TimePoint(t=p.t, lam=float(lam), alpha=p.alpha, sigma=p.sigma)
+        return TimePoint(t=p.t, lam=lam, alpha=p.alpha, sigma=p.sigma)
 
     def add_noise(self, x0: Tensor, t: Tensor | Number, noise: Tensor | None = None) -> Tensor:
         """Sample $x_t = \\alpha_t x_0 + \\sigma_t\\,\\epsilon$ (``noise`` is drawn if not given).
 
-        ``t`` may be a number or a tensor of shape ``(B,)``.
+        ``t`` may be a number (checked against ``[t_min, T]``) or a tensor of shape ``(B,)`` (not
+        checked, to keep this free of host-device synchronisation; see :meth:`check_time`).
         """
         if noise is None:
             noise = torch.randn_like(x0)
+        elif noise.shape != x0.shape:
+            raise ValueError(f"noise must have the shape of x0, {tuple(x0.shape)}, got {tuple(noise.shape)}")
+        if not isinstance(t, Tensor):
+            t = self.check_time("t", t)
         t = as_time(t).to(x0.device)
         alpha_t = expand_to(self.alpha(t).to(x0.dtype), x0)
         sigma_t = expand_to(self.sigma(t).to(x0.dtype), x0)
@@ -188,12 +242,54 @@ class NoiseSchedule(abc.ABC):
         c = expand_to((self.g2(t) / self.sigma(t)).to(x.dtype), x)
         return f * x + c * eps
 
-    def check_time(self, name: str, t: float, *, low: float | None = None) -> float:
-        """Validate a time argument against ``[t_min, T]`` with an error that names it."""
+    def _host_time_ok(self, t: float, low: float | None = None) -> bool:
         low = self.t_min if low is None else low
-        if not math.isfinite(t) or t < low or t > self.T:
-            raise ValueError(f"{name} must lie in [{low:g}, {self.T:g}] for {self!r}, got {t!r}")
-        return t
+        return low - _TIME_SLACK * abs(low) <= t <= self.T * (1.0 + _TIME_SLACK)
+
+    def _check_host_times(self, name: str, times: list[float]) -> None:
+        for i, t in enumerate(times):
+            if not self._host_time_ok(t):
+                where = name if len(times) == 1 else f"{name}[{i}]"
+                raise ValueError(f"{where} must lie in [{self.t_min:g}, {self.T:g}] for {self!r}, got {t!r}")
+
+    def check_time(self, name: str, t: Tensor | Number, *, low: float | None = None) -> Tensor | float:
+        """Validate a time argument against ``[low, T]`` (``low`` defaults to :attr:`t_min`).
+
+        Public entry points call this on the times a user gives them. A tensor is checked elementwise,
+        which costs one host-device synchronisation: never call it inside a sampling loop (see the
+        module docstring for where diffode checks times and why the elementwise methods do not).
+
+        Args:
+            name: The argument's name, for the error message.
+            t: A number or a tensor of times.
+            low: The smallest allowed time.
+
+        Returns:
+            ``t`` unchanged (a number comes back as a float).
+
+        Raises:
+            ValueError: If ``t`` is NaN or infinite or lies outside the range.
+            TypeError: If ``t`` is neither a real number nor a tensor.
+        """
+        low = self.t_min if low is None else float(low)
+        if isinstance(t, Tensor):
+            values = t.detach()
+            if values.is_complex() or values.dtype == torch.bool:
+                raise TypeError(f"{name} must be a real tensor of times, got dtype {t.dtype}")
+            values = values.to(torch.float64)
+            bad = ~torch.isfinite(values) | (values < low - _TIME_SLACK * abs(low)) | (values > self.T * (1 + _TIME_SLACK))
+            if bool(bad.any()):
+                index = tuple(int(i) for i in bad.nonzero()[0])
+                where = f"{name}[{', '.join(map(str, index))}]" if index else name
+                value = t.detach()[index].item()
+                # Show the value at its own precision: a float32 1.3 is not 1.2999999523162842.
+                shown = repr(value) if t.dtype == torch.float64 else f"{value:.{_digits(t.dtype)}g}"
+                raise ValueError(f"{name} must lie in [{low:g}, {self.T:g}] for {self!r}; {where} = {shown}")
+            return t
+        value = check_finite_number(name, t)
+        if not self._host_time_ok(value, low):
+            raise ValueError(f"{name} must lie in [{low:g}, {self.T:g}] for {self!r}, got {value!r}")
+        return value
 
 
 class VPSchedule(NoiseSchedule):

@@ -27,6 +27,38 @@ def _interp(x: Tensor, xp: Tensor, fp: Tensor) -> tuple[Tensor, Tensor]:
     return y.reshape(x.shape), slope.reshape(x.shape)
 
 
+def _as_float64_vector(name: str, values) -> Tensor:
+    """A 1-D float64 CPU copy of a sequence of numbers, with errors that name the argument."""
+    if isinstance(values, Tensor):
+        if values.is_complex() or values.dtype == torch.bool:
+            raise TypeError(f"{name} must hold real numbers, got a tensor of dtype {values.dtype}")
+        tensor = values.detach()
+    else:
+        try:
+            tensor = torch.as_tensor(values, dtype=torch.float64)
+        except (TypeError, ValueError, RuntimeError) as error:
+            raise TypeError(f"{name} must be a 1-D sequence or tensor of numbers, got {type(values).__name__} "
+                            f"({error})") from None
+    tensor = tensor.to("cpu", torch.float64)
+    if tensor.ndim != 1:
+        raise ValueError(f"{name} must be 1-D, got shape {tuple(tensor.shape)}")
+    if tensor.numel() < 2:
+        raise ValueError(f"{name} needs at least 2 entries, got {tensor.numel()}")
+    bad = (~torch.isfinite(tensor)).nonzero().flatten().tolist()
+    if bad:
+        raise ValueError(f"{name} contains NaN or Inf ({len(bad)} entries; first: {name}[{bad[0]}] = "
+                         f"{tensor[bad[0]].item()!r})")
+    return tensor
+
+
+def _check_entries(name: str, values: Tensor, ok: Tensor, allowed: str) -> None:
+    bad = (~ok).nonzero().flatten().tolist()
+    if bad:
+        raise ValueError(f"{name} must {allowed}; {len(bad)} entries do not, the first is {name}[{bad[0]}] = "
+                         f"{values[bad[0]].item()!r} (values range over [{values.min().item():g}, "
+                         f"{values.max().item():g}])")
+
+
 class DiscreteVP(VPSchedule):
     r"""The schedule of a model trained on discrete steps $n = 0, \dots, N-1$ (DDPM betas).
 
@@ -38,7 +70,7 @@ class DiscreteVP(VPSchedule):
         betas: The training betas, a 1-D sequence in (0, 1). Give exactly one of ``betas`` and
             ``alphas_cumprod``.
         alphas_cumprod: The cumulative products $\bar\alpha_n = \prod_{i\le n}(1-\beta_i)$, a
-            strictly decreasing 1-D sequence in (0, 1].
+            strictly decreasing 1-D sequence in (0, 1).
         clip_lambda: Drop the trailing steps whose half log-SNR falls below this value (-5.1 as in
             DPM-Solver v2; it keeps cosine-beta schedules such as i-DDPM's stable). ``None``
             turns the clipping off. Clipping changes $N$ and with it the time mapping.
@@ -53,30 +85,27 @@ class DiscreteVP(VPSchedule):
             raise ValueError("DiscreteVP needs exactly one of betas= and alphas_cumprod=, got "
                              + ("both" if betas is not None else "neither"))
         name = "betas" if betas is not None else "alphas_cumprod"
-        values = torch.as_tensor(betas if betas is not None else alphas_cumprod).detach().to("cpu", torch.float64)
-        if values.ndim != 1:
-            raise ValueError(f"{name} must be 1-D, got shape {tuple(values.shape)}")
-        if values.numel() < 2:
-            raise ValueError(f"{name} needs at least 2 entries, got {values.numel()}")
-        if not torch.isfinite(values).all():
-            raise ValueError(f"{name} contains NaN or Inf")
+        values = _as_float64_vector(name, betas if betas is not None else alphas_cumprod)
         if betas is not None:
-            if not ((values > 0) & (values < 1)).all():
-                raise ValueError(f"betas must lie in (0, 1); got values in [{values.min():g}, {values.max():g}]")
+            _check_entries(name, values, (values > 0) & (values < 1), "lie in (0, 1)")
             log_alphas = 0.5 * torch.cumsum(torch.log1p(-values), 0)
         else:
-            if not ((values > 0) & (values <= 1)).all():
-                raise ValueError("alphas_cumprod must lie in (0, 1]; "
-                                 f"got values in [{values.min():g}, {values.max():g}]")
-            if not (values[1:] < values[:-1]).all():
-                raise ValueError("alphas_cumprod must be strictly decreasing")
+            # 1 would put lambda = +inf at t_min: no solver can step there.
+            _check_entries(name, values, (values > 0) & (values < 1), "lie in (0, 1)")
+            increasing = (values[1:] >= values[:-1]).nonzero().flatten().tolist()
+            if increasing:
+                i = increasing[0]
+                raise ValueError(f"alphas_cumprod must be strictly decreasing, got alphas_cumprod[{i}] = "
+                                 f"{values[i].item()!r} <= alphas_cumprod[{i + 1}] = {values[i + 1].item()!r}")
             log_alphas = 0.5 * torch.log(values)
         if clip_lambda is not None:
             clip_lambda = check_finite_number("clip_lambda", clip_lambda)
             lams = log_alphas - 0.5 * torch.log(-torch.expm1(2.0 * log_alphas))
             n_below = int((lams < clip_lambda).sum())
             if n_below >= log_alphas.numel() - 1:
-                raise ValueError(f"clip_lambda={clip_lambda} would remove all but {log_alphas.numel() - n_below} steps")
+                raise ValueError(f"clip_lambda={clip_lambda} would remove all but {log_alphas.numel() - n_below} of "
+                                 f"{log_alphas.numel()} steps (the half log-SNR of the first step is "
+                                 f"{lams[0].item():.4g}); lower clip_lambda or pass clip_lambda=None")
             if n_below:
                 log_alphas = log_alphas[: log_alphas.numel() - n_below]
         self.clip_lambda = clip_lambda
