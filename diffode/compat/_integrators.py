@@ -1,0 +1,82 @@
+r"""The two places where the reference's numbers differ from diffode's native integrators, as subclasses.
+
+* :class:`ReferenceMultistep`: the reference's multistep order-3 update weights the second divided
+  difference by $\varphi_3$ where the Taylor expansion needs $2\varphi_3$ (so it is asymptotically
+  second order); it is diffode's multistep method with the factors $[\varphi_1, \varphi_2, \varphi_3]$.
+* :class:`InnerGridSinglestep`: the reference's singlestep methods place the intermediate points of
+  each step where the time grid of the step's own skip type puts them (``r1, r2`` depend on the
+  step), not at fixed fractions of $h$.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from torch import Tensor
+
+from diffode.integrators.base import State, StepResult
+from diffode.integrators.coefficients import phis
+from diffode.integrators.multistep import DPMSolverMultistep
+from diffode.integrators.singlestep import DPMSolverSinglestep, run_stages, stages_for
+from diffode.models.parameterizations import Scaled
+from diffode.models.predictor import Predictor
+from diffode.schedules.base import TimePoint
+
+__all__ = ["InnerGridSinglestep", "Primed", "ReferenceMultistep"]
+
+Ratios = Callable[[TimePoint, TimePoint, int], tuple[float | None, float | None]]
+
+
+class ReferenceMultistep(DPMSolverMultistep):
+    r"""Multistep DPM-Solver with the reference's order-3 weights ($\varphi_3$ on the second difference)."""
+
+    def update_factors(self, n_nodes: int, z: float):
+        """``[phi_1, phi_2, phi_3]`` for three nodes (the reference), the exact factors otherwise."""
+        return phis(3, z) if n_nodes == 3 else None
+
+
+class InnerGridSinglestep(DPMSolverSinglestep):
+    """Singlestep DPM-Solver whose ``r1, r2`` come from a function of the step.
+
+    Args:
+        order: The highest order used (1, 2 or 3).
+        predict: ``"data"`` or ``"noise"``.
+        solver_type: ``"dpmsolver"`` or ``"taylor"``.
+        ratios: ``ratios(s, t, order) -> (r1, r2)`` for the step from ``s`` to ``t`` (``None`` for
+            the defaults).
+    """
+
+    def __init__(self, order: int, predict: str, solver_type: str, ratios: Ratios):
+        super().__init__(order, predict, solver_type)
+        self.ratios = ratios
+
+    def step(self, model: Predictor, x: Tensor, s: TimePoint, t: TimePoint, state: State,
+             order: int | None = None) -> StepResult:
+        order = self.order if order is None else order
+        r1, r2 = self.ratios(s, t, order)
+        m_s = self.evaluate(model, x, s)
+        x_t, nfe, _, _ = run_stages(self, model, x, s, t, stages_for(order, self.solver_type, r1, r2), m_s)
+        return StepResult(x=x_t, state=State(step_index=state.step_index + 1), nfe=nfe)
+
+
+class Primed(Predictor):
+    """A predictor that answers its first requests from given outputs, then asks ``predictor``.
+
+    The reference sometimes updates with a model output taken elsewhere: the first multistep output
+    is computed before ``correcting_xt_fn`` changes x, and the third-order singlestep update accepts
+    a precomputed ``model_s1``.
+
+    Args:
+        predictor: The model.
+        outputs: The outputs to return first, in order.
+    """
+
+    def __init__(self, predictor: Predictor, outputs: Sequence[Scaled]):
+        self.predictor = predictor
+        self.schedule = predictor.schedule
+        self._queue = list(outputs)
+
+    def predict(self, x: Tensor, point: TimePoint, kind: str) -> Scaled:
+        if self._queue:
+            return self._queue.pop(0)
+        return self.predictor.predict(x, point, kind)
