@@ -1,3 +1,5 @@
+"""``python -m diffode``: the command line (see :mod:`diffode.cli`)."""
+
 import sys
 
 from diffode.cli import main
