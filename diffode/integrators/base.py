@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import abc
+import functools
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar
@@ -16,7 +18,8 @@ from diffode.models.parameterizations import Scaled
 from diffode.models.predictor import Predictor
 from diffode.schedules.base import TimePoint
 
-__all__ = ["ExponentialIntegrator", "History", "Integrator", "State", "StepResult", "exponential_update"]
+__all__ = ["ExponentialIntegrator", "History", "Integrator", "State", "StepResult", "exponential_update",
+           "linear_combination", "point_at_lambda"]
 
 PREDICTIONS = ("data", "noise")
 SOLVER_TYPES = ("dpmsolver", "taylor")
@@ -60,19 +63,76 @@ class StepResult:
     x_low: Tensor | None = field(default=None)
 
 
+@functools.lru_cache(maxsize=16384)
+def _cached_weights(h: float, nodes: tuple[float, ...], z: float, solver_type: str,
+                    factors: tuple[float, ...] | None) -> tuple[float, ...]:
+    return tuple(update_weights(h, nodes, z, solver_type, factors))
+
+
+def step_weights(h: float, nodes: Sequence[float], z: float, solver_type: str = "taylor",
+                 factors: Sequence[float] | None = None) -> tuple[float, ...]:
+    """:func:`~diffode.integrators.coefficients.update_weights`, memoised.
+
+    The weights depend on the time grid only, so sampling again on the same grid (the next batch,
+    the next prompt) reuses them instead of re-evaluating the $\\varphi$-functions and the small
+    Vandermonde solve on every step.
+    """
+    return _cached_weights(h, tuple(nodes), z, solver_type, None if factors is None else tuple(factors))
+
+
+def linear_combination(x: Tensor, a: float, terms: Sequence[tuple[Tensor, float | Tensor]]) -> Tensor:
+    r"""$a\,x + \sum_j c_j m_j$ as one scaled copy of ``x`` and one fused ``add_`` per term.
+
+    That is the fewest passes over memory eager PyTorch allows for a combination whose every
+    coefficient is free (each binary kernel fixes one coefficient at 1, so one pass must scale). A
+    tensor coefficient (per-sample times, off the fixed-grid hot path) costs one more temporary.
+    """
+    out = torch.mul(x, a)
+    for tensor, c in terms:
+        if isinstance(c, Tensor):
+            out.add_(tensor * c)
+        else:
+            out.add_(tensor, alpha=c)
+    return out
+
+
 def exponential_update(x: Tensor, s: TimePoint, t: TimePoint, values: Sequence[Scaled], nodes: Sequence[float],
                        predict: str, solver_type: str = "taylor", factors: Sequence[float] | None = None) -> Tensor:
     r"""One exponential-integrator update from ``s`` to ``t`` using model outputs at ``nodes``.
 
     $x_t = a\,x_s + b\sum_j w_j m_j$ (see :mod:`diffode.integrators.coefficients`), applied as one
-    scaled copy of ``x`` and one fused ``add_`` per model output; every coefficient is a Python float.
+    scaled copy of ``x`` and one fused ``add_`` per model output; every coefficient is a Python float
+    (the scale of each :class:`~diffode.models.Scaled` output is folded into its weight), and the
+    weights are memoised per grid (:func:`step_weights`).
     """
     a, b, z = linear_coefficients(s, t, predict)
-    weights = update_weights(t.lam - s.lam, nodes, z, solver_type, factors)
-    out = torch.mul(x, a)
-    for w, v in zip(weights, values):
-        out.add_(v.tensor, alpha=b * w * v.scale)
-    return out
+    weights = step_weights(t.lam - s.lam, nodes, z, solver_type, factors)
+    return linear_combination(x, a, [(v.tensor, b * w * v.scale) for w, v in zip(weights, values)])
+
+
+_POINTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_POINTS_PER_SCHEDULE = 4096
+
+
+def point_at_lambda(schedule, lam: float) -> TimePoint:
+    """``schedule.point_at_lambda(lam)``, memoised per schedule (the stage points of singlestep methods).
+
+    Inverting $\\lambda$ costs a few dozen small host tensor operations; a sampler that runs the
+    same grid again (every batch) finds its intermediate points here instead.
+    """
+    try:
+        table = _POINTS.get(schedule)
+        if table is None:
+            table = _POINTS[schedule] = {}
+    except TypeError:  # an unhashable or non-weak-referenceable schedule: no memo
+        return schedule.point_at_lambda(lam)
+    lam = float(lam)
+    point = table.get(lam)
+    if point is None:
+        if len(table) >= _POINTS_PER_SCHEDULE:
+            table.clear()
+        point = table[lam] = schedule.point_at_lambda(lam)
+    return point
 
 
 class Integrator(abc.ABC):

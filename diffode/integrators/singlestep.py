@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from torch import Tensor
 
 from diffode._utils import check_finite_number
-from diffode.integrators.base import ExponentialIntegrator, State, StepResult, exponential_update
+from diffode.integrators.base import ExponentialIntegrator, State, StepResult, exponential_update, point_at_lambda
 from diffode.models.parameterizations import Scaled
 from diffode.models.predictor import Predictor
 from diffode.schedules.base import TimePoint
@@ -50,22 +50,22 @@ STAGES = {(k, st): stages_for(k, st) for k in (1, 2, 3) for st in ("dpmsolver", 
 
 
 def run_stages(integrator: ExponentialIntegrator, model: Predictor, x: Tensor, s: TimePoint, t: TimePoint,
-               stages: tuple[Stage, ...], m_s: Scaled) -> tuple[Tensor, int, list[Scaled], list[TimePoint]]:
-    """Run the stages of one singlestep step; returns the new state and what it used.
+               stages: tuple[Stage, ...], m_s: Scaled) -> tuple[Tensor, int, list[Scaled], list[float]]:
+    """Run the stages of one singlestep step.
 
     Returns:
-        ``(x_t, nfe, values, points)``: the new state, the evaluations this step used (``m_s``
-        included), and the model outputs and points of every stage (for embedded error estimates).
+        ``(x_t, nfe, values, fractions)``: the new state, the evaluations this step used (``m_s``
+        included), and the model output of every stage with its fraction of the step (0 for the
+        output at the start), which embedded pairs reuse for their lower-order member.
     """
     h = t.lam - s.lam
-    values, fractions, points = [m_s], [0.0], [s]
+    values, fractions = [m_s], [0.0]
     for stage in stages[:-1]:
-        point = model.schedule.point_at_lambda(s.lam + stage.c * h)
+        point = point_at_lambda(model.schedule, s.lam + stage.c * h)
         u = exponential_update(x, s, point, [values[j] for j in stage.nodes],
                                [fractions[j] / stage.c for j in stage.nodes], integrator.predict, stage.solver_type)
         values.append(integrator.evaluate(model, u, point))
         fractions.append(stage.c)
-        points.append(point)
     final = stages[-1]
     x_t = exponential_update(x, s, t, [values[j] for j in final.nodes], [fractions[j] for j in final.nodes],
                              integrator.predict, final.solver_type)
@@ -92,7 +92,11 @@ class DPMSolverSinglestep(ExponentialIntegrator):
         predict: ``"data"`` (DPM-Solver++) or ``"noise"`` (DPM-Solver).
         solver_type: ``"dpmsolver"`` or ``"taylor"``.
         r1: First intermediate fraction (default 1/2 at order 2, 1/3 at order 3).
-        r2: Second intermediate fraction at order 3 (default 2/3).
+        r2: Second intermediate fraction at order 3 (default 2/3). Third order needs
+            $r_2 = 2/3$: with another value the ``"dpmsolver"`` type fails the quadrature order
+            condition and the ``"taylor"`` type the stage condition (its weight on the first-order
+            stage at $r_1$ is then $O(h)$), so both converge at order 2 on a model that depends on
+            $x$ (see ``tests/integrators/test_coefficients_sympy.py``).
 
     ??? cite "Reference"
         Lu et al., *DPM-Solver: A Fast ODE Solver for Diffusion Probabilistic Model Sampling in
