@@ -165,11 +165,19 @@ class NoiseSchedule(abc.ABC):
         """Schedule values at several times, computed in one float64 pass on the host.
 
         Raises:
-            ValueError: If a time is NaN or outside ``[t_min, T]``.
+            ValueError: If a time is NaN or outside ``[t_min, T]``, or so close to 0 that
+                $\\lambda_t$ overflows in float64.
         """
         t = torch.as_tensor(ts, dtype=torch.float64).reshape(-1).cpu()
         self._check_host_times("t", t.tolist())
-        return self._points(t)
+        points = self._points(t)
+        for p in points:
+            # At t > 0 lambda is finite; it overflows only when sigma_t underflows in float64
+            # (t around 1e-300 and below), where an infinite lambda would be a silently wrong value.
+            if p.t > 0 and not math.isfinite(p.lam):
+                raise ValueError(f"t={p.t!r} is too close to 0 for {self!r}: sigma_t underflows in float64 and "
+                                 "lambda_t is not finite; use a larger time")
+        return points
 
     def _points(self, t: Tensor) -> list[TimePoint]:
         log_alpha, log_sigma = self.log_alpha(t), self.log_sigma(t)
