@@ -57,8 +57,8 @@ def floors(shape, device, repeat: int) -> tuple[float, float]:
             torch.add(pool[i], pool[(i + 17) % 48], out=outs[i % 16])
 
     sync = _sync(device)
-    t_hot = _median(lambda: (hot(), sync()), repeat) / 20 / 3
-    t_stream = _median(lambda: (stream(), sync()), repeat) / 48 / 3
+    t_hot = _common.median_time(lambda: (hot(), sync()), repeat) / 20 / 3
+    t_stream = _common.median_time(lambda: (stream(), sync()), repeat) / 48 / 3
     return t_hot, t_stream
 
 
@@ -66,17 +66,6 @@ def _sync(device):
     if torch.device(device).type == "cuda":
         return torch.cuda.synchronize
     return lambda: None
-
-
-def _median(fn, repeat, warmup=2):
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 class Runner:
