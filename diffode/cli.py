@@ -612,6 +612,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("diffode: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader went away (`diffode list | head`): not an error. Point stdout at devnull so the
+        # interpreter's final flush does not complain again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except (ValueError, TypeError, OSError, ImportError, RuntimeError) as error:
         if os.environ.get("DIFFODE_DEBUG"):
             raise

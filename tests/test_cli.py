@@ -211,3 +211,15 @@ def test_converge_orders_and_plot(capsys, tmp_path):
 def test_python_dash_m_entry_point():
     proc = subprocess.run([sys.executable, "-m", "diffode", "--version"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and proc.stdout.startswith("diffode ")
+
+
+def test_a_closed_pipe_is_not_an_error():
+    # The reader is gone before diffode writes (as with `diffode list | head -0`): exit 0, no message.
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "diffode", "list"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()
+    err = proc.stderr.read()
+    assert proc.wait(timeout=60) == 0
+    assert b"Broken pipe" not in err and b"error" not in err
