@@ -21,7 +21,7 @@ from torch import Tensor
 
 from diffode._utils import as_time
 from diffode.schedules.base import TimePoint, VPSchedule
-from diffode.schedules.vp import CosineVP, DiscreteVP, LinearVP
+from diffode.schedules.vp import CosineVP, DiscreteVP, LinearVP, clip_log_alphas
 
 __all__ = ["NoiseScheduleVP", "ReferenceSchedule", "expand_dims", "interpolate_fn", "schedule_view"]
 
@@ -119,12 +119,7 @@ class NoiseScheduleVP:
     @staticmethod
     def numerical_clip_alpha(log_alphas: Tensor, clipped_lambda: float = -5.1) -> Tensor:
         """Drop the trailing entries whose half log-SNR is below ``clipped_lambda`` (for cosine-beta schedules)."""
-        lambs = log_alphas - 0.5 * torch.log(1. - torch.exp(2. * log_alphas))
-        n_clipped = int(torch.searchsorted(torch.flip(lambs, [0]), clipped_lambda))
-        if n_clipped >= log_alphas.numel() - 1:
-            raise ValueError(f"every step but {log_alphas.numel() - n_clipped} has lambda < {clipped_lambda}; "
-                             "check betas / alphas_cumprod")
-        return log_alphas[:-n_clipped] if n_clipped > 0 else log_alphas
+        return clip_log_alphas(log_alphas, clipped_lambda)
 
     def _discrete_time(self, t: Tensor) -> Tensor:
         # The reference concatenates t with float arrays, which promotes to the wider dtype.

@@ -11,7 +11,7 @@ from torch import Tensor
 from diffode._utils import Number, as_time, check_finite_number
 from diffode.schedules.base import VPSchedule
 
-__all__ = ["CosineVP", "DiscreteVP", "LinearVP"]
+__all__ = ["CosineVP", "DiscreteVP", "LinearVP", "clip_log_alphas"]
 
 
 def _interp(x: Tensor, xp: Tensor, fp: Tensor) -> tuple[Tensor, Tensor]:
@@ -59,6 +59,23 @@ def _check_entries(name: str, values: Tensor, ok: Tensor, allowed: str) -> None:
                          f"{values.max().item():g}])")
 
 
+def clip_log_alphas(log_alphas: Tensor, clip_lambda: float) -> Tensor:
+    """Drop the trailing entries of a decreasing ``log_alphas`` whose half log-SNR is below ``clip_lambda``.
+
+    This is DPM-Solver v2's numerical clipping for cosine-beta schedules (``clip_lambda = -5.1``).
+
+    Raises:
+        ValueError: If it would leave fewer than 2 entries.
+    """
+    lams = log_alphas - 0.5 * torch.log(-torch.expm1(2.0 * log_alphas))
+    n_below = int((lams < clip_lambda).sum())
+    if n_below >= log_alphas.numel() - 1:
+        raise ValueError(f"clip_lambda={clip_lambda} would remove all but {log_alphas.numel() - n_below} of "
+                         f"{log_alphas.numel()} steps (the half log-SNR of the first step is "
+                         f"{lams[0].item():.4g}); lower clip_lambda or pass clip_lambda=None")
+    return log_alphas[: log_alphas.numel() - n_below]
+
+
 class DiscreteVP(VPSchedule):
     r"""The schedule of a model trained on discrete steps $n = 0, \dots, N-1$ (DDPM betas).
 
@@ -100,14 +117,7 @@ class DiscreteVP(VPSchedule):
             log_alphas = 0.5 * torch.log(values)
         if clip_lambda is not None:
             clip_lambda = check_finite_number("clip_lambda", clip_lambda)
-            lams = log_alphas - 0.5 * torch.log(-torch.expm1(2.0 * log_alphas))
-            n_below = int((lams < clip_lambda).sum())
-            if n_below >= log_alphas.numel() - 1:
-                raise ValueError(f"clip_lambda={clip_lambda} would remove all but {log_alphas.numel() - n_below} of "
-                                 f"{log_alphas.numel()} steps (the half log-SNR of the first step is "
-                                 f"{lams[0].item():.4g}); lower clip_lambda or pass clip_lambda=None")
-            if n_below:
-                log_alphas = log_alphas[: log_alphas.numel() - n_below]
+            log_alphas = clip_log_alphas(log_alphas, clip_lambda)
         self.clip_lambda = clip_lambda
         self.N = int(log_alphas.numel())
         self.T = 1.0
