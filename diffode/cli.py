@@ -183,16 +183,12 @@ def _check_positive(name: str, values: Sequence[int]) -> list[int]:
     return values
 
 
-def _write_plot(reporter: Reporter, series: dict, path: str | None, **kwargs) -> str | None:
+def _write_plot(series: dict, path: str | None, **kwargs) -> str | None:
     from diffode.study import plot_series
 
     if not path:
         return None
-    try:
-        plot_series(series, path, **kwargs)
-    except ImportError as error:
-        reporter.note(f"note: no plot written ({error})")
-        return None
+    plot_series(series, path, **kwargs)
     return path
 
 
@@ -283,7 +279,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         xs.append(r.nfe)
         ys.append(r.error)
     plot = None if args.no_plot else _write_plot(
-        reporter, series, args.plot, title=f"{spec.name} under {schedule!r}, {args.grid} grid")
+        series, args.plot, title=f"{spec.name} under {schedule!r}, {args.grid} grid")
     header, rows = study.error_table(records)
     reporter.text(f"RMSE against the RK45 ground truth ({spec.name}, {schedule!r}, {args.grid} grid, "
                   f"batch {args.batch}, seed {args.seed}; same x_T for every run)")
@@ -335,7 +331,7 @@ def _demo_digits(args: argparse.Namespace, reporter: Reporter, nfes: list[int]) 
     _adaptive_text(reporter, records)
     grid_path = None
     if not args.no_plot and args.plot:
-        grid_path = _digits_grid(reporter, {"RK45 ground truth": exact, **samples}, spec.to_images, args.plot)
+        grid_path = _digits_grid({"RK45 ground truth": exact, **samples}, spec.to_images, args.plot)
     reporter.text()
     reporter.text(f"done in {time.perf_counter() - start:.1f} s" + (f"; digit grid: {grid_path}" if grid_path else ""))
     reporter.document(_clean({"model": "digits", "grid": args.grid, "nfe": nfes, "batch": batch, "seed": args.seed,
@@ -343,19 +339,15 @@ def _demo_digits(args: argparse.Namespace, reporter: Reporter, nfes: list[int]) 
     return 0
 
 
-def _digits_grid(reporter: Reporter, rows: dict[str, torch.Tensor], to_images, path: str,
+def _digits_grid(rows: dict[str, torch.Tensor], to_images, path: str,
                  columns: int = 8) -> str | None:
     """One row of digits per run, the ground truth first, written atomically as a PNG."""
     from diffode.study import atomic_write
 
-    try:
-        import matplotlib
+    import matplotlib
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        reporter.note("note: no digit grid written (it needs matplotlib: pip install 'diffode[plot]')")
-        return None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
     columns = min(columns, next(iter(rows.values())).shape[0])
     fig, axes = plt.subplots(len(rows), columns, figsize=(0.9 * columns + 2.2, 0.9 * len(rows)), squeeze=False)
     try:
@@ -480,7 +472,7 @@ def cmd_converge(args: argparse.Namespace) -> int:
     header, rows = study.convergence_table(results)
     failed = [r for r in results if not r.passed]
     plot = None if args.no_plot else _write_plot(
-        reporter, {r.label: (r.steps, r.errors) for r in results}, args.plot, xlabel="steps",
+        {r.label: (r.steps, r.errors) for r in results}, args.plot, xlabel="steps",
         title=f"convergence on {spec.name} under {schedule!r}, {args.grid} grid")
     reporter.text(f"RMSE against the RK45 ground truth at t = {t_end:g} ({spec.name}, {schedule!r}, {args.grid} grid, "
                   f"batch {args.batch}); slope = fitted order, tolerance {args.tolerance}")

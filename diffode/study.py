@@ -468,18 +468,11 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
 
 def plot_series(series: Mapping[str, tuple[Sequence[float], Sequence[float]]], path: str | os.PathLike, *,
                 title: str = "", xlabel: str = "NFE", ylabel: str = "RMSE vs RK45") -> None:
-    """A log-log plot of ``label -> (xs, ys)`` series, written atomically to ``path`` (PNG).
+    """A log-log plot of ``label -> (xs, ys)`` series, written atomically to ``path`` (PNG)."""
+    import matplotlib
 
-    Raises:
-        ImportError: When matplotlib is not installed (``pip install 'diffode[plot]'``).
-    """
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError as error:
-        raise ImportError("plots need matplotlib: pip install 'diffode[plot]'") from error
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(6.4, 4.8))
     try:
         for label, (xs, ys) in series.items():

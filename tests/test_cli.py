@@ -36,7 +36,6 @@ def test_no_command_prints_help(capsys):
 
 
 def test_demo_prints_the_table_and_writes_the_plot(capsys, tmp_path):
-    pytest.importorskip("matplotlib")
     plot = tmp_path / "demo.png"
     code, out, err = run(capsys, "demo", "--schedule", "linear", "--nfe", "5", "10", "--batch", "2",
                          "--integrators", "ddim", "dpmpp_2m", "dpmpp_adaptive_23", "--plot", str(plot), "-q")
@@ -57,7 +56,6 @@ def test_demo_default_model_and_schedule_json(capsys):
 
 
 def test_demo_digits_writes_a_digit_grid(capsys, tmp_path):
-    pytest.importorskip("matplotlib")
     grid = tmp_path / "digits.png"
     code, out, err = run(capsys, "demo", "--model", "digits", "--nfe", "5", "10", "--batch", "4",
                          "--integrators", "ddim", "dpmpp_2m", "--plot", str(grid), "-q")
@@ -197,7 +195,6 @@ def test_converge_gates_on_the_tolerance(capsys, tmp_path):
 
 
 def test_converge_orders_and_plot(capsys, tmp_path):
-    pytest.importorskip("matplotlib")
     plot = tmp_path / "c.png"
     code, out, err = run(capsys, "converge", "--schedule", "linear", "--integrators", "dpmpp_2s", "--orders", "1", "2",
                          "--steps", "12", "24", "48", "--batch", "2", "--plot", str(plot), "--json", "-q")

@@ -151,7 +151,6 @@ def test_atomic_write_replaces_whole_files_only(tmp_path):
 
 
 def test_plot_series_writes_a_png(tmp_path):
-    pytest.importorskip("matplotlib")
     path = tmp_path / "plot.png"
     study.plot_series({"a": ([5, 10, 20], [1e-1, 1e-2, 1e-3]), "empty": ([5], [0.0])}, path, title="t")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
