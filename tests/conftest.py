@@ -5,8 +5,9 @@ import pytest
 import torch
 
 
-# Tiny tensors dominate the suite; with two intra-op threads some kernels (softmax, searchsorted) take
-# milliseconds instead of microseconds on small shared machines.
+# The one place the suite's thread count is set. Tiny tensors dominate the suite; with two intra-op
+# threads some kernels (softmax, searchsorted) take milliseconds instead of microseconds on small
+# shared machines. Results do not depend on it.
 torch.set_num_threads(1)
 
 

@@ -13,13 +13,6 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def pytest_configure(config):
-    # Also belongs in pyproject.toml's [tool.pytest.ini_options] markers; registering it here keeps
-    # --strict-markers happy either way.
-    config.addinivalue_line("markers", "browser: renders the built documentation in headless Chromium "
-                                       "(skipped without chromium and mkdocs)")
-
-
 @pytest.fixture(scope="session")
 def built_site(tmp_path_factory) -> Path:
     """The documentation built into a temporary folder (once per session).

@@ -19,16 +19,6 @@ from diffode.integrations.diffusers import DiffodeScheduler, supported_integrato
 
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The models here are tiny: intra-op threads only add synchronisation (which, on a loaded
-    machine, costs far more than the arithmetic)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def toy_model(scheduler, prediction_type):
     """A smooth stand-in for a trained network at integer timestep k: the exact noise prediction
     for data N(0, 0.5^2 I), perturbed, returned as the scheduler's prediction type (float32)."""
