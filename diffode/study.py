@@ -41,8 +41,8 @@ from torch import Tensor
 from diffode._utils import check_choice
 from diffode.controllers import AdaptiveController
 from diffode.integrators.base import Integrator
-from diffode.integrators.dpm_solver import singlestep_orders
-from diffode.integrators.grids import TimeGrid, UniformLambda, get_grid
+from diffode.integrators.dpm_solver import singlestep_orders, singlestep_times
+from diffode.integrators.grids import TimeGrid, get_grid
 from diffode.integrators.multistep import DPMSolverMultistep
 from diffode.integrators.reference import solve_reference
 from diffode.integrators.registry import INTEGRATORS, get_integrator
@@ -225,11 +225,7 @@ def sample_nfe(model: Predictor, x: Tensor, integrator: Integrator | str, nfe: i
                          check_finite=check_finite)
     else:
         orders = singlestep_orders(nfe, integrator.order)
-        if isinstance(grid, UniformLambda):
-            times = grid.times(schedule, t_start, t_end, len(orders))
-        else:
-            full = grid.times(schedule, t_start, t_end, nfe)
-            times = full[torch.cumsum(torch.tensor([0, *orders]), 0)]
+        times = singlestep_times(schedule, grid, t_start, t_end, orders)
         solution = solve(model, x, integrator, times, orders=orders, check_finite=check_finite)
     if denoise_to_zero:
         solution.x = denoise(model, solution.x, solution.times[-1])

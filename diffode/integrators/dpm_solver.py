@@ -19,7 +19,7 @@ from diffode.models.predictor import Predictor
 from diffode.schedules.base import NoiseSchedule, TimePoint
 from diffode.solve import Solution, denoise, solve, solve_adaptive
 
-__all__ = ["DPMSolver", "CorrectedData", "dynamic_thresholding", "singlestep_orders"]
+__all__ = ["DPMSolver", "CorrectedData", "dynamic_thresholding", "singlestep_orders", "singlestep_times"]
 
 ALGORITHMS = {"dpmsolver": "noise", "dpmsolver++": "data"}
 METHODS = ("singlestep", "singlestep_fixed", "multistep", "adaptive")
@@ -69,6 +69,19 @@ def singlestep_orders(steps: int, order: int) -> list[int]:
     if order == 2:
         return [2] * (steps // 2) + ([1] if steps % 2 else [])
     return [1] * steps
+
+
+def singlestep_times(schedule: NoiseSchedule, grid: TimeGrid, t_start: float, t_end: float,
+                     orders: Sequence[int]) -> Tensor:
+    """The step ends of DPM-Solver-fast for the per-step ``orders`` (see :func:`singlestep_orders`).
+
+    On a ``logSNR`` grid the steps are equal in $\\lambda$; on any other grid, as the reference does,
+    the grid of ``sum(orders)`` points is built and the step ends are taken from it.
+    """
+    if isinstance(grid, UniformLambda):
+        return grid.times(schedule, t_start, t_end, len(orders))
+    full = grid.times(schedule, t_start, t_end, sum(orders))
+    return full[torch.cumsum(torch.tensor([0, *orders]), 0)]
 
 
 class DPMSolver:
@@ -261,9 +274,6 @@ class DPMSolver:
                 raise ValueError(f"{call}() needs a {need} time grid, got one from {times[0].item():g} to "
                                  f"{times[-1].item():g}")
             return times
-        if method == "singlestep" and not isinstance(grid, UniformLambda):
-            # As the reference: take the full grid of `steps` points and keep the outer step ends.
-            full = grid.times(self.schedule, t_start, t_end, steps)
-            idx = torch.cumsum(torch.tensor([0, *orders]), 0)
-            return full[idx]
+        if method == "singlestep":
+            return singlestep_times(self.schedule, grid, t_start, t_end, orders)
         return grid.times(self.schedule, t_start, t_end, n)
