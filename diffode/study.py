@@ -44,11 +44,11 @@ from diffode.integrators.base import Integrator
 from diffode.integrators.dpm_solver import singlestep_orders, singlestep_times
 from diffode.integrators.grids import TimeGrid, get_grid
 from diffode.integrators.multistep import DPMSolverMultistep
-from diffode.integrators.reference import solve_reference
+from diffode.integrators.reference import integrate_in_lambda, solve_reference
 from diffode.integrators.registry import INTEGRATORS, get_integrator
 from diffode.models.analytic import AnalyticPredictor
 from diffode.models.predictor import Predictor
-from diffode.schedules.base import VPSchedule
+from diffode.schedules.base import TimePoint, VPSchedule
 from diffode.solve import Solution, solve, solve_adaptive
 
 __all__ = [
@@ -123,8 +123,6 @@ def continue_in_lambda(model: Predictor, x: Tensor, lam_from: float, lam_to: flo
     Returns:
         The state at ``lam_to``, in float64.
     """
-    from torchdiffeq import odeint
-
     if not isinstance(model, AnalyticPredictor) or not isinstance(model.schedule, VPSchedule):
         raise ValueError("following the ODE beyond the schedule needs an analytic model under a VP schedule, "
                          f"got {type(model).__name__} under {model.schedule!r}")
@@ -132,16 +130,13 @@ def continue_in_lambda(model: Predictor, x: Tensor, lam_from: float, lam_to: flo
         return x.double()
     # sigma / alpha = e^{-lambda} is below 1e-17 of its start 40 past it: the sigma = 0 limit to round-off.
     lam_stop = lam_from + 40.0 if math.isinf(lam_to) and lam_to > 0 else float(lam_to)
-    mixture = model.mixture
 
-    def rhs(lam: Tensor, y: Tensor) -> Tensor:
-        alpha, sigma = _vp_alpha_sigma(float(lam))
-        return mixture.eps(alpha * y, alpha, sigma) * (-sigma / alpha)
+    def point_at(lam: float) -> TimePoint:
+        alpha, sigma = _vp_alpha_sigma(lam)
+        return TimePoint(t=math.nan, lam=lam, alpha=alpha, sigma=sigma)  # no time: past the schedule's end
 
-    alpha0 = _vp_alpha_sigma(lam_from)[0]
-    lams = torch.tensor([lam_from, lam_stop], dtype=torch.float64)
-    y = odeint(rhs, x.double() / alpha0, lams, rtol=rtol, atol=atol, method="dopri5")[-1]
-    return y * _vp_alpha_sigma(lam_stop)[0]
+    xs, _ = integrate_in_lambda(model, x, [lam_from, lam_stop], point_at, rtol=rtol, atol=atol)
+    return xs[-1]
 
 
 def zero_noise_limit(model: Predictor, x: Tensor, t: float, *, rtol: float = 1e-10, atol: float = 1e-10) -> Tensor:

@@ -12,7 +12,7 @@ the model-driven part alone.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -21,8 +21,9 @@ from torchdiffeq import odeint
 
 from diffode._utils import Number, as_time, check_finite_number
 from diffode.models.predictor import Predictor
+from diffode.schedules.base import TimePoint
 
-__all__ = ["ReferenceSolution", "solve_reference"]
+__all__ = ["ReferenceSolution", "integrate_in_lambda", "solve_reference"]
 
 
 @dataclass
@@ -73,23 +74,45 @@ def solve_reference(model: Predictor, x: Tensor, t_start: Number, t_end: Number,
     extra = [] if times is None else [float(v) for v in as_time(torch.as_tensor(times)).reshape(-1).tolist()]
     all_t = [t_start, *extra, t_end]
     lams = [p.lam for p in schedule.points(all_t)]
-    steps = torch.tensor(lams, dtype=torch.float64)
-    diffs = steps[1:] - steps[:-1]
+    diffs = torch.tensor(lams, dtype=torch.float64).diff()
     if not ((diffs > 0).all() or (diffs < 0).all()):
         raise ValueError("times must lie strictly between t_start and t_end, in order")
+    xs, nfe = integrate_in_lambda(model, x, lams, schedule.point_at_lambda, rtol=rtol, atol=atol, method=method)
+    return ReferenceSolution(x=xs[-1], xs=xs[1:-1] if extra else None, nfe=nfe)
+
+
+def integrate_in_lambda(model: Predictor, x: Tensor, lams: Sequence[float], point_at: Callable[[float], TimePoint], *,
+                        rtol: float = 1e-10, atol: float = 1e-10, method: str = "dopri5") -> tuple[Tensor, int]:
+    r"""Solve $\mathrm dy/\mathrm d\lambda = -e^{-\lambda}\hat\epsilon(\alpha y)$, $y = x/\alpha$, through ``lams``.
+
+    The one integration behind :func:`solve_reference` (where ``point_at`` is the schedule's
+    ``point_at_lambda``) and :func:`diffode.study.continue_in_lambda` (a VP path followed past the
+    schedule's last time, where $\alpha$ and $\sigma$ are functions of $\lambda$ alone).
+
+    Args:
+        model: Gives the noise prediction through ``model.predict(x, point, "noise")``.
+        x: The state at ``lams[0]``.
+        lams: Monotone half log-SNR values; the first is the start.
+        point_at: Maps a half log-SNR to its :class:`~diffode.schedules.TimePoint`.
+        rtol: Relative tolerance.
+        atol: Absolute tolerance (on $y$).
+        method: A torchdiffeq adaptive method.
+
+    Returns:
+        The float64 states at every entry of ``lams`` (stacked along a new first dimension) and the
+        number of model evaluations.
+    """
     nfe = 0
 
     def rhs(lam: Tensor, y: Tensor) -> Tensor:
         nonlocal nfe
         nfe += 1
-        p = schedule.point_at_lambda(float(lam))
+        p = point_at(float(lam))
         eps = model.predict(p.alpha * y, p, "noise").value()
-        # -exp(-lambda) = -sigma/alpha
-        return eps * (-p.sigma / p.alpha)
+        return eps * (-p.sigma / p.alpha)  # -exp(-lambda) = -sigma/alpha
 
-    p0 = schedule.point(t_start)
-    y0 = x.to(torch.float64) / p0.alpha
-    ys = odeint(rhs, y0, steps, rtol=rtol, atol=atol, method=method)
-    alphas = torch.tensor([p.alpha for p in schedule.points(all_t)], dtype=torch.float64, device=x.device)
-    xs = ys * alphas.reshape(-1, *([1] * x.ndim))
-    return ReferenceSolution(x=xs[-1], xs=xs[1:-1] if extra else None, nfe=nfe)
+    points = [point_at(lam) for lam in lams]
+    ys = odeint(rhs, x.to(torch.float64) / points[0].alpha, torch.tensor(lams, dtype=torch.float64), rtol=rtol,
+                atol=atol, method=method)
+    alphas = torch.tensor([p.alpha for p in points], dtype=torch.float64, device=x.device)
+    return ys * alphas.reshape(-1, *([1] * x.ndim)), nfe
