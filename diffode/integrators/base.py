@@ -14,6 +14,7 @@ from torch import Tensor
 
 from diffode._utils import check_choice
 from diffode.integrators.coefficients import linear_coefficients, update_weights
+from diffode.kernels import linear_combination
 from diffode.models.parameterizations import Scaled
 from diffode.models.predictor import Predictor
 from diffode.schedules.base import TimePoint
@@ -80,30 +81,15 @@ def step_weights(h: float, nodes: Sequence[float], z: float, solver_type: str = 
     return _cached_weights(h, tuple(nodes), z, solver_type, None if factors is None else tuple(factors))
 
 
-def linear_combination(x: Tensor, a: float, terms: Sequence[tuple[Tensor, float | Tensor]]) -> Tensor:
-    r"""$a\,x + \sum_j c_j m_j$ as one scaled copy of ``x`` and one fused ``add_`` per term.
-
-    That is the fewest passes over memory eager PyTorch allows for a combination whose every
-    coefficient is free (each binary kernel fixes one coefficient at 1, so one pass must scale). A
-    tensor coefficient (per-sample times, off the fixed-grid hot path) costs one more temporary.
-    """
-    out = torch.mul(x, a)
-    for tensor, c in terms:
-        if isinstance(c, Tensor):
-            out.add_(tensor * c)
-        else:
-            out.add_(tensor, alpha=c)
-    return out
-
-
 def exponential_update(x: Tensor, s: TimePoint, t: TimePoint, values: Sequence[Scaled], nodes: Sequence[float],
                        predict: str, solver_type: str = "taylor", factors: Sequence[float] | None = None) -> Tensor:
     r"""One exponential-integrator update from ``s`` to ``t`` using model outputs at ``nodes``.
 
-    $x_t = a\,x_s + b\sum_j w_j m_j$ (see :mod:`diffode.integrators.coefficients`), applied as one
-    scaled copy of ``x`` and one fused ``add_`` per model output; every coefficient is a Python float
-    (the scale of each :class:`~diffode.models.Scaled` output is folded into its weight), and the
-    weights are memoised per grid (:func:`step_weights`).
+    $x_t = a\,x_s + b\sum_j w_j m_j$ (see :mod:`diffode.integrators.coefficients`), applied by
+    :func:`diffode.kernels.linear_combination` (one pass over memory on the CPU, else one scaled copy of
+    ``x`` and one fused ``add_`` per model output); every coefficient is a Python float (the scale of
+    each :class:`~diffode.models.Scaled` output is folded into its weight), and the weights are
+    memoised per grid (:func:`step_weights`).
     """
     a, b, z = linear_coefficients(s, t, predict)
     weights = step_weights(t.lam - s.lam, nodes, z, solver_type, factors)

@@ -169,7 +169,8 @@ def _modules():
     for info in pkgutil.walk_packages(diffode.__path__, prefix="diffode."):
         spec = importlib.util.find_spec(info.name)
         source = Path(spec.origin) if spec and spec.origin else None
-        if info.name.endswith("__main__") or source is None or ">>>" not in source.read_text(encoding="utf-8"):
+        if (info.name.endswith("__main__") or source is None or source.suffix != ".py"  # compiled extensions
+                or ">>>" not in source.read_text(encoding="utf-8")):
             continue
         try:
             yield importlib.import_module(info.name)

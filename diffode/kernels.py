@@ -1,0 +1,145 @@
+r"""The one tensor operation every DPM-Solver step applies, fused into a single pass where possible.
+
+Each update is a linear combination $x_t = a\,x + \sum_j c_j m_j$ of the state and stored model
+outputs, with Python-float coefficients. Eager PyTorch applies it as one scaled copy of $x$ and one
+``add_`` per term, $2 + 3k$ passes over memory for $k$ outputs; the memory floor is $k + 2$ (read
+$x$ and the outputs, write $x_t$). :func:`linear_combination` reaches the floor on the CPU with a
+small C extension, ``diffode._combine``, built when diffode is installed, and falls back to the
+eager operations everywhere else, with the same arithmetic.
+
+The fused pass runs when all of these hold, else the eager operations run:
+
+* the extension was built (:func:`available`) and is not switched off (:func:`set_enabled`, or the
+  environment variable ``DIFFODE_KERNELS=0``);
+* every tensor is a plain CPU tensor of one dtype, float32 or float64, contiguous, of the shape of
+  ``x``, and the coefficients are Python numbers (not per-sample tensors);
+* no tensor requires a gradient while autograd is on (the kernel records no graph);
+* the tensors are small enough that PyTorch itself would use one thread (fewer than
+  :data:`PARALLEL_GRAIN` elements), or PyTorch runs on one thread (``torch.get_num_threads() == 1``):
+  the kernel is single-threaded, and eager operations on many threads can beat it on large tensors.
+
+Fused and eager results agree to rounding (each rounds every product and sum, possibly in another
+order); ``tests/test_kernels.py`` checks both against float64 arithmetic. The fused pass computes
+every element alike, so a sample's result does not depend on the batch around it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+import torch
+from torch import Tensor
+
+try:
+    from diffode import _combine
+except ImportError:  # built without a C compiler: the eager path does everything
+    _combine = None
+
+__all__ = ["PARALLEL_GRAIN", "available", "enabled", "linear_combination", "set_enabled", "use_kernels"]
+
+#: PyTorch's grain for parallel elementwise operations (``at::internal::GRAIN_SIZE``): smaller
+#: tensors run on one thread in eager PyTorch too, so the single-threaded kernel never loses there.
+PARALLEL_GRAIN = 32768
+
+ENV_VAR = "DIFFODE_KERNELS"
+_ENV_VALUES = {"1": True, "on": True, "true": True, "yes": True, "0": False, "off": False, "false": False, "no": False}
+_ITEMSIZE = {torch.float32: 4, torch.float64: 8}
+_MAX_TENSORS = 8 if _combine is None else _combine.MAX_TERMS
+
+
+def _from_environment() -> bool:
+    value = os.environ.get(ENV_VAR, "1").strip().lower()
+    if value not in _ENV_VALUES:
+        raise ValueError(f"{ENV_VAR} must be one of {sorted(_ENV_VALUES)} (1/on to use the fused CPU kernel, "
+                         f"0/off for eager PyTorch only), got {os.environ[ENV_VAR]!r}")
+    return _ENV_VALUES[value]
+
+
+_switched_on = _from_environment()
+
+
+def available() -> bool:
+    """Whether the C extension was built (at install time, where a C compiler was found)."""
+    return _combine is not None
+
+
+def enabled() -> bool:
+    """Whether :func:`linear_combination` may use the fused kernel (built and switched on)."""
+    return _combine is not None and _switched_on
+
+
+def set_enabled(flag: bool) -> bool:
+    """Switch the fused kernel on or off for this process; returns the previous setting.
+
+    Args:
+        flag: ``True`` to use the kernel where it applies, ``False`` for eager PyTorch only.
+    """
+    global _switched_on
+    if not isinstance(flag, bool):
+        raise TypeError(f"flag must be True or False, got {flag!r}")
+    previous, _switched_on = _switched_on, flag
+    return previous
+
+
+@contextmanager
+def use_kernels(flag: bool) -> Iterator[None]:
+    """A context in which the fused kernel is switched on or off (restored on exit).
+
+    Args:
+        flag: ``True`` to use the kernel where it applies, ``False`` for eager PyTorch only.
+    """
+    previous = set_enabled(flag)
+    try:
+        yield
+    finally:
+        set_enabled(previous)
+
+
+def _fusable(x: Tensor, a: float | Tensor, terms: Sequence[tuple[Tensor, float | Tensor]]) -> bool:
+    if not _switched_on or _combine is None or len(terms) >= _MAX_TENSORS or isinstance(a, Tensor):
+        return False
+    if type(x) is not Tensor or not x.is_cpu or x.dtype not in _ITEMSIZE or not x.is_contiguous():
+        return False
+    n = x.numel()
+    if n == 0 or (n >= PARALLEL_GRAIN and torch.get_num_threads() != 1):
+        return False
+    grad = torch.is_grad_enabled() and x.requires_grad
+    for tensor, c in terms:
+        if (isinstance(c, Tensor) or type(tensor) is not Tensor or not tensor.is_cpu or tensor.dtype != x.dtype
+                or tensor.shape != x.shape or not tensor.is_contiguous()):
+            return False
+        grad = grad or (torch.is_grad_enabled() and tensor.requires_grad)
+    return not grad
+
+
+def linear_combination(x: Tensor, a: float | Tensor, terms: Sequence[tuple[Tensor, float | Tensor]]) -> Tensor:
+    r"""$a\,x + \sum_j c_j m_j$ in a new tensor: one fused pass where it applies, else eager operations.
+
+    The eager form is one scaled copy of ``x`` and one fused ``add_`` per term, the fewest passes
+    binary kernels allow (each fixes one coefficient at 1, so one pass must scale); a tensor
+    coefficient (per-sample times) costs one more temporary there.
+
+    Args:
+        x: The state.
+        a: Its coefficient (a Python number, or a broadcastable tensor on the eager path).
+        terms: ``(tensor, coefficient)`` pairs; each tensor has the shape of ``x`` (or broadcasts to
+            it, on the eager path), each coefficient is a Python number or a broadcastable tensor.
+
+    Returns:
+        The combination, a new tensor of the shape and dtype of ``x``.
+    """
+    if _fusable(x, a, terms):
+        out = torch.empty_like(x)
+        live = [(t, float(c)) for t, c in terms if c != 0.0]
+        _combine.combine(out.data_ptr(), x.numel(), _ITEMSIZE[x.dtype],
+                         (x.data_ptr(), *[t.data_ptr() for t, _ in live]), (float(a), *[c for _, c in live]))
+        return out
+    out = torch.mul(x, a)
+    for tensor, c in terms:
+        if isinstance(c, Tensor):
+            out.add_(tensor * c)
+        else:
+            out.add_(tensor, alpha=c)
+    return out

@@ -1,0 +1,202 @@
+"""The fused linear combination (diffode.kernels): exactness, when it runs, and that it changes no result."""
+
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import diffode as dd
+from diffode import kernels
+from diffode.integrators.registry import get_integrator
+from diffode.models.builtin import ddpm_betas
+
+needs_extension = pytest.mark.skipif(not kernels.available(), reason="diffode._combine was not built")
+
+
+class Counting:
+    """Stands in for the extension and counts the fused calls (delegating to the real one)."""
+
+    def __init__(self, real):
+        self.real, self.calls = real, 0
+        self.MAX_TERMS = real.MAX_TERMS
+
+    def combine(self, *args):
+        self.calls += 1
+        return self.real.combine(*args)
+
+
+@pytest.fixture
+def counting(monkeypatch):
+    fake = Counting(kernels._combine)
+    monkeypatch.setattr(kernels, "_combine", fake)
+    return fake
+
+
+def reference(x, a, terms):
+    out = x.double() * a
+    for t, c in terms:
+        out += t.double() * c
+    return out
+
+
+def test_extension_built_where_a_compiler_exists():
+    # setup.py builds the extension when diffode is installed; a machine with a C compiler (CI's)
+    # must have it, or the suite would silently test the eager path only.
+    if shutil.which("cc") or shutil.which("gcc"):
+        assert kernels.available()
+
+
+@needs_extension
+@pytest.mark.parametrize("dtype, tol", [(torch.float32, 2e-6), (torch.float64, 1e-14)])
+@pytest.mark.parametrize("k", range(0, 7))
+@pytest.mark.parametrize("n", [1, 7, 64, 1000, 40000])
+def test_fused_matches_float64_arithmetic(counting, dtype, tol, k, n):
+    g = torch.Generator().manual_seed(k * 1000 + n)
+    x = torch.randn(n, generator=g, dtype=dtype)
+    terms = [(torch.randn(n, generator=g, dtype=dtype), float(torch.randn((), generator=g))) for _ in range(k)]
+    a = -0.75
+    out = kernels.linear_combination(x, a, terms)
+    assert counting.calls == 1
+    assert out.dtype == dtype and out.shape == x.shape
+    expected = reference(x, a, terms)
+    scale = x.double().abs() * abs(a) + sum(t.double().abs() * abs(c) for t, c in terms)
+    assert ((out.double() - expected).abs() <= tol * scale + 1e-300).all()
+
+
+@needs_extension
+def test_fused_and_eager_agree_and_skip_zero_terms(counting):
+    x = torch.randn(2, 3, 8, 8)
+    m = [torch.randn(2, 3, 8, 8) for _ in range(3)]
+    terms = [(m[0], 0.5), (m[1], 0.0), (m[2], -2.0)]
+    fused = kernels.linear_combination(x, 0.3, terms)
+    with kernels.use_kernels(False):
+        eager = kernels.linear_combination(x, 0.3, terms)
+    assert counting.calls == 1
+    torch.testing.assert_close(fused, eager, rtol=1e-6, atol=1e-6)
+    # a NaN in a term with coefficient 0 stays out of the fused result, as 0 * NaN would not
+    m[1][0, 0, 0, 0] = float("nan")
+    assert torch.isfinite(kernels.linear_combination(x, 0.3, terms)).all()
+
+
+@needs_extension
+def test_the_result_is_a_new_tensor(counting):
+    x = torch.randn(4, 5)
+    m = torch.randn(4, 5)
+    before = x.clone(), m.clone()
+    out = kernels.linear_combination(x, 1.0, [(m, 0.0)])
+    assert out.data_ptr() not in (x.data_ptr(), m.data_ptr())
+    torch.testing.assert_close(out, x, rtol=0, atol=0)
+    torch.testing.assert_close((x, m), before, rtol=0, atol=0)
+
+
+def _cases():
+    x = torch.randn(3, 4)
+    m = torch.randn(3, 4)
+    yield "non-contiguous state", x.t(), [(m.t().contiguous(), 0.5)]
+    yield "non-contiguous term", x, [(m.t().contiguous().t(), 0.5)]
+    yield "float16", x.half(), [(m.half(), 0.5)]
+    yield "mixed dtypes", x, [(m.double(), 0.5)]
+    yield "broadcast term", x, [(m[:1], 0.5)]
+    yield "tensor coefficient", x, [(m, torch.full((3, 1), 0.5))]
+    yield "empty", torch.randn(0, 4), [(torch.randn(0, 4), 0.5)]
+    yield "meta device", torch.empty(3, 4, device="meta"), [(torch.empty(3, 4, device="meta"), 0.5)]
+    yield "too many terms", x, [(m, 0.1)] * 8
+
+
+@needs_extension
+@pytest.mark.parametrize("case", list(_cases()), ids=lambda c: c[0])
+def test_ineligible_inputs_take_the_eager_path(counting, case):
+    _, x, terms = case
+    out = kernels.linear_combination(x, 2.0, terms)
+    assert counting.calls == 0
+    if x.device.type != "meta":
+        expected = x * 2.0
+        for t, c in terms:
+            expected = expected + t * c
+        torch.testing.assert_close(out, expected.to(out.dtype))
+
+
+@needs_extension
+def test_autograd_takes_the_eager_path(counting):
+    x = torch.randn(5, requires_grad=True)
+    m = torch.randn(5)
+    kernels.linear_combination(x, 3.0, [(m, 1.0)]).sum().backward()
+    assert counting.calls == 0
+    torch.testing.assert_close(x.grad, torch.full((5,), 3.0))
+    with torch.no_grad():
+        kernels.linear_combination(x, 3.0, [(m, 1.0)])
+    assert counting.calls == 1
+
+
+@needs_extension
+def test_large_tensors_on_several_threads_stay_eager(counting):
+    x = torch.randn(kernels.PARALLEL_GRAIN)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        kernels.linear_combination(x, 1.0, [(x, 1.0)])
+        assert counting.calls == 0
+        kernels.linear_combination(x[:100], 1.0, [(x[:100], 1.0)])  # small: one thread in torch too
+        assert counting.calls == 1
+        torch.set_num_threads(1)
+        kernels.linear_combination(x, 1.0, [(x, 1.0)])
+        assert counting.calls == 2
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_switches(counting):
+    assert kernels.enabled() == kernels.available()
+    with kernels.use_kernels(False):
+        assert not kernels.enabled()
+        kernels.linear_combination(torch.randn(3), 1.0, [(torch.randn(3), 1.0)])
+        assert counting.calls == 0
+    assert kernels.enabled() == kernels.available()
+    with pytest.raises(TypeError, match="flag must be True or False"):
+        kernels.set_enabled("no")
+
+
+@pytest.mark.parametrize("value, expected", [("0", "False"), ("off", "False"), ("1", str(kernels.available()))])
+def test_environment_variable(value, expected):
+    env = dict(os.environ, DIFFODE_KERNELS=value)
+    out = subprocess.run([sys.executable, "-c", "from diffode import kernels; print(kernels.enabled())"],
+                         env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == expected
+
+
+def test_a_bad_environment_variable_is_a_clear_error():
+    env = dict(os.environ, DIFFODE_KERNELS="maybe")
+    out = subprocess.run([sys.executable, "-c", "import diffode"], env=env, capture_output=True, text=True)
+    assert out.returncode != 0
+    assert "DIFFODE_KERNELS must be one of" in out.stderr and "'maybe'" in out.stderr
+
+
+@needs_extension
+@pytest.mark.parametrize("name", ["ddim", "dpmpp_2m", "dpmpp_3m", "dpm_3m", "dpmpp_3s", "dpm_2s", "dpmpp_adaptive_23"])
+@pytest.mark.parametrize("parameterization", ["noise", "data", "v"])
+def test_solvers_give_the_same_samples_fused_or_eager(counting, name, parameterization):
+    schedule = dd.DiscreteVP(betas=ddpm_betas())
+    mixture = dd.GaussianMixture([0.2, 0.3, 0.5], torch.randn(3, 2, 4, 4), [0.3, 0.5, 0.2])
+    model = dd.wrap(mixture.network(schedule, parameterization), schedule, parameterization, time_input="continuous")
+    x = torch.randn(5, 2, 4, 4, dtype=torch.float64)
+    integrator = get_integrator(name)
+    times = torch.linspace(1.0, schedule.default_t_end, 9, dtype=torch.float64).tolist()
+    if integrator.error_order is None:
+        def run():
+            return dd.solve(model, x, integrator, times)
+        tol = 1e-12
+    else:
+        def run():
+            return dd.solve_adaptive(model, x, integrator, t_start=1.0, t_end=schedule.default_t_end)
+        # the step sizes follow the error estimate x - x_low, a difference of nearly equal states
+        # whose rounding the controller amplifies: same steps, agreement to ~1e-10
+        tol = 1e-8
+    fused = run()
+    assert counting.calls > 0
+    with kernels.use_kernels(False):
+        eager = run()
+    assert fused.nfe == eager.nfe
+    torch.testing.assert_close(fused.x, eager.x, rtol=tol, atol=tol)
