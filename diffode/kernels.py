@@ -105,13 +105,15 @@ def _fusable(x: Tensor, a: float | Tensor, terms: Sequence[tuple[Tensor, float |
     n = x.numel()
     if n == 0 or (n >= PARALLEL_GRAIN and torch.get_num_threads() != 1):
         return False
-    grad = torch.is_grad_enabled() and x.requires_grad
+    grad = torch.is_grad_enabled()
+    if grad and x.requires_grad:
+        return False
+    shape, dtype = x.shape, x.dtype
     for tensor, c in terms:
-        if (isinstance(c, Tensor) or type(tensor) is not Tensor or not tensor.is_cpu or tensor.dtype != x.dtype
-                or tensor.shape != x.shape or not tensor.is_contiguous()):
+        if (type(tensor) is not Tensor or isinstance(c, Tensor) or tensor.dtype != dtype or not tensor.is_cpu
+                or not tensor.is_contiguous() or tensor.shape != shape or (grad and tensor.requires_grad)):
             return False
-        grad = grad or (torch.is_grad_enabled() and tensor.requires_grad)
-    return not grad
+    return True
 
 
 def linear_combination(x: Tensor, a: float | Tensor, terms: Sequence[tuple[Tensor, float | Tensor]]) -> Tensor:

@@ -31,7 +31,7 @@ from diffode.controllers import AdaptiveController
 from diffode.integrators.base import Integrator
 from diffode.models.parameterizations import Scaled
 from diffode.models.predictor import Predictor
-from diffode.schedules.base import NoiseSchedule, TimePoint
+from diffode.schedules.base import NoiseSchedule, TimePoint, memoised
 
 __all__ = ["NonFiniteError", "Solution", "denoise", "solve", "solve_adaptive", "working_dtype"]
 
@@ -142,21 +142,25 @@ def _corrected(fn: Callable, x: Tensor, t: float, step: int) -> Tensor:
     return out.to(x.dtype)
 
 
-def _grid_points(schedule: NoiseSchedule, times: Sequence[float] | Tensor) -> list[TimePoint]:
-    """Validate a time grid (on the host) and return its points."""
+def _grid_points(schedule: NoiseSchedule, times: Sequence[float] | Tensor) -> tuple[TimePoint, ...]:
+    """Validate a time grid (on the host) and return its points (memoised per schedule and grid)."""
     try:
         grid = torch.as_tensor(times.detach() if isinstance(times, Tensor) else times, dtype=torch.float64)
     except (TypeError, ValueError, RuntimeError) as error:
         raise TypeError(f"times must be a 1-D sequence or tensor of numbers, got {type(times).__name__} ({error})") from None
     if grid.ndim != 1 or grid.numel() < 2:
         raise ValueError(f"times must be 1-D with at least 2 entries, got shape {tuple(grid.shape)}")
-    grid = grid.cpu()
-    schedule.check_time("times", grid)
-    steps = grid[1:] - grid[:-1]
-    if not ((steps < 0).all() or (steps > 0).all()):
+    values = tuple(grid.tolist())
+    return memoised(schedule, ("grid", values), lambda: _checked_points(schedule, values))
+
+
+def _checked_points(schedule: NoiseSchedule, grid: tuple[float, ...]) -> tuple[TimePoint, ...]:
+    schedule.check_time("times", torch.tensor(grid, dtype=torch.float64))
+    steps = [b - a for a, b in zip(grid, grid[1:])]
+    if not (all(h < 0 for h in steps) or all(h > 0 for h in steps)):
         raise ValueError("times must be strictly monotone (decreasing to sample, increasing to invert), got "
-                         f"{[round(v, 6) for v in grid.tolist()]}")
-    points = schedule.points(grid)
+                         f"{[round(v, 6) for v in grid]}")
+    points = tuple(schedule.points(grid))
     for i, p in enumerate(points):
         if not math.isfinite(p.lam):
             raise ValueError(f"times[{i}] = {p.t!r} has an infinite half log-SNR under {schedule!r}; "

@@ -196,6 +196,9 @@ class ReferenceSchedule(VPSchedule):
         """The dtype schedule values are computed in (see :meth:`evaluating_in`)."""
         return self.time_dtype or torch.get_default_dtype()
 
+    def memo_token(self) -> torch.dtype:
+        return self.eval_dtype
+
     @contextlib.contextmanager
     def evaluating_in(self, dtype: torch.dtype) -> Iterator[ReferenceSchedule]:
         """Compute time points in ``dtype`` inside the ``with`` block."""

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import abc
 import functools
-import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar
@@ -17,7 +16,7 @@ from diffode.integrators.coefficients import linear_coefficients, update_weights
 from diffode.kernels import linear_combination
 from diffode.models.parameterizations import Scaled
 from diffode.models.predictor import Predictor
-from diffode.schedules.base import TimePoint
+from diffode.schedules.base import NoiseSchedule, TimePoint, memoised
 
 __all__ = ["ExponentialIntegrator", "History", "Integrator", "State", "StepResult", "exponential_update",
            "linear_combination", "point_at_lambda"]
@@ -96,29 +95,14 @@ def exponential_update(x: Tensor, s: TimePoint, t: TimePoint, values: Sequence[S
     return linear_combination(x, a, [(v.tensor, b * w * v.scale) for w, v in zip(weights, values)])
 
 
-_POINTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-_POINTS_PER_SCHEDULE = 4096
-
-
-def point_at_lambda(schedule, lam: float) -> TimePoint:
+def point_at_lambda(schedule: NoiseSchedule, lam: float) -> TimePoint:
     """``schedule.point_at_lambda(lam)``, memoised per schedule (the stage points of singlestep methods).
 
     Inverting $\\lambda$ costs a few dozen small host tensor operations; a sampler that runs the
     same grid again (every batch) finds its intermediate points here instead.
     """
-    try:
-        table = _POINTS.get(schedule)
-        if table is None:
-            table = _POINTS[schedule] = {}
-    except TypeError:  # an unhashable or non-weak-referenceable schedule: no memo
-        return schedule.point_at_lambda(lam)
     lam = float(lam)
-    point = table.get(lam)
-    if point is None:
-        if len(table) >= _POINTS_PER_SCHEDULE:
-            table.clear()
-        point = table[lam] = schedule.point_at_lambda(lam)
-    return point
+    return memoised(schedule, ("point_at_lambda", lam), lambda: schedule.point_at_lambda(lam))
 
 
 class Integrator(abc.ABC):

@@ -26,8 +26,10 @@ from __future__ import annotations
 
 import abc
 import math
-from collections.abc import Sequence
+import weakref
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 from torch import Tensor
@@ -38,7 +40,40 @@ from diffode._utils import Number, as_time, check_finite_number, expand_to
 # inverse_lambda and of float32 copies of T); a zero t_min gets no slack, as t < 0 has no meaning.
 _TIME_SLACK = 1e-12
 
-__all__ = ["NoiseSchedule", "TimePoint", "VPSchedule"]
+__all__ = ["NoiseSchedule", "TimePoint", "VPSchedule", "memoised"]
+
+_V = TypeVar("_V")
+_MEMOS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_MEMO_SIZE = 4096
+
+
+def memoised(schedule: NoiseSchedule, key: Hashable, compute: Callable[[], _V]) -> _V:
+    """``compute()``, memoised per schedule (held weakly) and ``key``.
+
+    Host-side schedule work (a grid's points, the stage points of singlestep methods) costs dozens
+    of small tensor operations; a sampler that runs the same grid again (the next batch, the next
+    prompt) finds the result here. The key is completed with :meth:`NoiseSchedule.memo_token`, so a
+    schedule whose values depend on a mode gets one table per mode. A schedule that cannot be
+    weakly referenced or hashed is not memoised. Each schedule keeps at most 4096 entries.
+
+    Args:
+        schedule: The schedule the result belongs to.
+        key: What the result depends on besides the schedule (hashable).
+        compute: Computes the result; never returns ``None``.
+    """
+    try:
+        table = _MEMOS.get(schedule)
+        if table is None:
+            table = _MEMOS[schedule] = {}
+        key = (key, schedule.memo_token())
+        value = table.get(key)
+    except TypeError:  # not weakly referenceable or not hashable
+        return compute()
+    if value is None:
+        if len(table) >= _MEMO_SIZE:
+            table.clear()
+        value = table[key] = compute()
+    return value
 
 
 @dataclass(frozen=True)
@@ -155,6 +190,14 @@ class NoiseSchedule(abc.ABC):
             s2 = torch.exp(2.0 * self.log_sigma(tt))
             (grad,) = torch.autograd.grad(s2.sum(), tt)
         return grad
+
+    def memo_token(self) -> Hashable:
+        """What, besides a time, the values of :meth:`points` depend on (part of :func:`memoised` keys).
+
+        ``None`` for a schedule fixed at construction; a schedule with a mode that changes its
+        values (the compatibility layer's evaluation dtype) returns that mode.
+        """
+        return None
 
     def point(self, t: Number) -> TimePoint:
         """All schedule values at one time as Python floats (computed in float64)."""

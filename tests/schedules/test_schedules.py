@@ -152,3 +152,37 @@ def test_linear_bad_input():
         dd.LinearVP(beta_0=5.0, beta_1=1.0)
     with pytest.raises(ValueError, match="T must be < 1"):
         dd.CosineVP(T=1.0)
+
+
+def test_memoised_points_are_the_computed_ones_and_follow_the_memo_token():
+    from diffode.compat.dpm_solver import NoiseScheduleVP
+    from diffode.integrators.base import point_at_lambda
+    from diffode.schedules.base import memoised
+
+    s = dd.LinearVP()
+    calls = []
+    for _ in range(3):
+        assert memoised(s, ("test", 0.5), lambda: calls.append(1) or s.point(0.5)) == s.point(0.5)
+    assert len(calls) == 1
+    assert memoised(s, ["unhashable"], lambda: 7) == 7  # computed, not stored
+    assert point_at_lambda(s, 0.25) == s.point_at_lambda(0.25)
+    # the compatibility schedule computes its points in a dtype it is told: one memo per dtype
+    view = NoiseScheduleVP("discrete", betas=DDPM_BETAS).diffode
+    with view.evaluating_in(torch.float32):
+        p32 = point_at_lambda(view, 1.0)
+    with view.evaluating_in(torch.float64):
+        p64 = point_at_lambda(view, 1.0)
+    assert p32 != p64
+
+
+def test_a_memoised_grid_is_still_validated_every_time():
+    s = dd.LinearVP()
+    x = torch.randn(2, 3)
+    model = dd.wrap(lambda x, t: torch.zeros_like(x), s)
+    good = [1.0, 0.5, 1e-3]
+    for _ in range(2):
+        assert dd.solve(model, x, "ddim", good).times == good
+        with pytest.raises(ValueError, match="strictly monotone"):
+            dd.solve(model, x, "ddim", [1.0, 0.5, 0.7])
+        with pytest.raises(ValueError, match="must lie in"):
+            dd.solve(model, x, "ddim", [1.0, float("nan")])
