@@ -27,7 +27,7 @@ from torch.utils._pytree import tree_flatten
 import _common
 from _common import markdown_table
 import diffode as dd
-from diffode import study
+from diffode import kernels, study
 from diffode.integrators.grids import get_grid
 from diffode.models.builtin import ddpm_betas
 
@@ -87,8 +87,13 @@ def runners(shape, device, kd, diffusers):
     out = []
     for name, k in (("ddim", 1), ("dpmpp_2m", 2), ("dpmpp_3m", 3), ("dpm_2m", 2), ("dpm_3m", 3), ("dpmpp_3s", None)):
         integrator = study.configure_integrator(name)
-        out.append((f"diffode {name}", k, lambda integrator=integrator: dd.solve(
-            model, x, integrator, grid.times(schedule, 1.0, schedule.default_t_end, STEPS)).x))
+        # as installed (the fused update where it applies) and with eager PyTorch only
+        for fused, suffix in ((True, ""), (False, " (eager)")):
+            def run(integrator=integrator, fused=fused):
+                with kernels.use_kernels(fused):
+                    return dd.solve(model, x, integrator, grid.times(schedule, 1.0, schedule.default_t_end, STEPS)).x
+
+            out.append((f"diffode {name}{suffix}", k, run))
     if diffusers is not None:
         diffusers.utils.logging.set_verbosity_error()
         for order in (2, 3):
@@ -118,9 +123,12 @@ def runners(shape, device, kd, diffusers):
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch intra-op threads (0: torch's default); with one, diffode's fused CPU update runs")
     parser.add_argument("--no-write", action="store_true")
     parser.add_argument("--name", default="memory")
     args = parser.parse_args(argv)
+    _common.set_threads(args.threads or None)
     kd = _common.load_kdiffusion_sampling()
     diffusers = _common.load_diffusers()
     sections = ["# Peak memory of a sampling run", "", f"Environment: {_common.environment()}", "",

@@ -2,25 +2,32 @@ r"""The one tensor operation every DPM-Solver step applies, fused into a single 
 
 Each update is a linear combination $x_t = a\,x + \sum_j c_j m_j$ of the state and stored model
 outputs, with Python-float coefficients. Eager PyTorch applies it as one scaled copy of $x$ and one
-``add_`` per term, $2 + 3k$ passes over memory for $k$ outputs; the memory floor is $k + 2$ (read
-$x$ and the outputs, write $x_t$). :func:`linear_combination` reaches the floor on the CPU with a
-small C extension, ``diffode._combine``, built when diffode is installed, and falls back to the
-eager operations everywhere else, with the same arithmetic.
+``add_`` per term: $2 + 3k$ passes over memory and $k + 1$ kernel launches for $k$ outputs, where
+the memory floor is $k + 2$ passes (read $x$ and the outputs, write $x_t$). :func:`linear_combination`
+reaches the floor in one kernel:
 
-The fused pass runs when all of these hold, else the eager operations run:
+* on the CPU, with ``diffode._combine``, a small C extension built when diffode is installed
+  (vectorised for AVX-512, AVX2 or plain x86-64, picked at load time);
+* on CUDA, with a kernel that PyTorch's jiterator compiles (NVRTC) the first time a given number
+  of terms is combined, then caches;
 
-* the extension was built (:func:`available`) and is not switched off (:func:`set_enabled`, or the
-  environment variable ``DIFFODE_KERNELS=0``);
-* every tensor is a plain CPU tensor of one dtype, float32 or float64, contiguous, of the shape of
-  ``x``, and the coefficients are Python numbers (not per-sample tensors);
-* no tensor requires a gradient while autograd is on (the kernel records no graph);
-* the tensors are small enough that PyTorch itself would use one thread (fewer than
-  :data:`PARALLEL_GRAIN` elements), or PyTorch runs on one thread (``torch.get_num_threads() == 1``):
-  the kernel is single-threaded, and eager operations on many threads can beat it on large tensors.
+and falls back to the eager operations, with the same arithmetic, everywhere else. The fused path
+runs when all of these hold:
+
+* it is not switched off (:func:`set_enabled`, :func:`use_kernels`, or the environment variable
+  ``DIFFODE_KERNELS=0``);
+* every tensor is a plain tensor of one dtype, float32 or float64, one device and the shape of
+  ``x`` (on the CPU also contiguous), at most eight in all, and the coefficients are Python numbers
+  (not per-sample tensors);
+* no tensor requires a gradient while autograd is on (the kernels record no graph);
+* on the CPU: the extension was built (:func:`available`), and the tensors are small enough that
+  PyTorch itself would use one thread (fewer than :data:`PARALLEL_GRAIN` elements) or PyTorch runs on
+  one thread (``torch.get_num_threads() == 1``): the kernel is single-threaded, and eager operations
+  on many threads can beat it on large tensors.
 
 Fused and eager results agree to rounding (each rounds every product and sum, possibly in another
-order); ``tests/test_kernels.py`` checks both against float64 arithmetic. The fused pass computes
-every element alike, so a sample's result does not depend on the batch around it.
+order); ``tests/test_kernels.py`` checks both against float64 arithmetic. The fused CPU pass
+computes every element alike, so a sample's result does not depend on the batch around it.
 """
 
 from __future__ import annotations
@@ -34,10 +41,16 @@ from torch import Tensor
 
 try:
     from diffode import _combine
-except ImportError:  # built without a C compiler: the eager path does everything
+except ImportError:  # built without a C compiler: the eager path does everything on the CPU
     _combine = None
 
-__all__ = ["PARALLEL_GRAIN", "available", "enabled", "linear_combination", "set_enabled", "use_kernels"]
+try:  # PyTorch's runtime-compiled elementwise CUDA kernels (NVRTC), in every CUDA build since 1.12
+    from torch.cuda import jiterator as _jiterator
+except ImportError:
+    _jiterator = None
+
+__all__ = ["PARALLEL_GRAIN", "available", "cuda_available", "enabled", "linear_combination", "set_enabled",
+           "use_kernels"]
 
 #: PyTorch's grain for parallel elementwise operations (``at::internal::GRAIN_SIZE``): smaller
 #: tensors run on one thread in eager PyTorch too, so the single-threaded kernel never loses there.
@@ -65,8 +78,13 @@ def available() -> bool:
     return _combine is not None
 
 
+def cuda_available() -> bool:
+    """Whether the CUDA path can run: a CUDA device and PyTorch's jiterator (NVRTC) are present."""
+    return _jiterator is not None and torch.cuda.is_available()
+
+
 def enabled() -> bool:
-    """Whether :func:`linear_combination` may use the fused kernel (built and switched on)."""
+    """Whether :func:`linear_combination` may use the fused CPU kernel (built and switched on)."""
     return _combine is not None and _switched_on
 
 
@@ -98,22 +116,50 @@ def use_kernels(flag: bool) -> Iterator[None]:
 
 
 def _fusable(x: Tensor, a: float | Tensor, terms: Sequence[tuple[Tensor, float | Tensor]]) -> bool:
-    if not _switched_on or _combine is None or len(terms) >= _MAX_TENSORS or isinstance(a, Tensor):
+    """Whether the combination may take a fused path: switched on, float coefficients, plain tensors
+    of one dtype (float32 or float64), device and shape, no gradient, and the device's own rules."""
+    if not _switched_on or len(terms) >= _MAX_TENSORS or isinstance(a, Tensor):
         return False
-    if type(x) is not Tensor or not x.is_cpu or x.dtype not in _ITEMSIZE or not x.is_contiguous():
+    if type(x) is not Tensor or x.dtype not in _ITEMSIZE:
         return False
     n = x.numel()
-    if n == 0 or (n >= PARALLEL_GRAIN and torch.get_num_threads() != 1):
+    if n == 0:
+        return False
+    if x.is_cpu:
+        if _combine is None or not x.is_contiguous() or (n >= PARALLEL_GRAIN and torch.get_num_threads() != 1):
+            return False
+        contiguous = True
+    elif x.is_cuda:
+        if _jiterator is None:
+            return False
+        contiguous = False
+    else:
         return False
     grad = torch.is_grad_enabled()
     if grad and x.requires_grad:
         return False
-    shape, dtype = x.shape, x.dtype
+    shape, dtype, device = x.shape, x.dtype, x.device
     for tensor, c in terms:
-        if (type(tensor) is not Tensor or isinstance(c, Tensor) or tensor.dtype != dtype or not tensor.is_cpu
-                or not tensor.is_contiguous() or tensor.shape != shape or (grad and tensor.requires_grad)):
+        if (type(tensor) is not Tensor or isinstance(c, Tensor) or tensor.dtype != dtype or tensor.shape != shape
+                or (grad and tensor.requires_grad) or tensor.device != device
+                or (contiguous and not tensor.is_contiguous())):
             return False
     return True
+
+
+_CUDA_KERNELS: dict[int, object] = {}
+
+
+def _cuda_kernel(k: int):
+    """The jiterator kernel ``sum_j c_j t_j`` over ``k`` tensors (compiled by NVRTC on first use)."""
+    kernel = _CUDA_KERNELS.get(k)
+    if kernel is None:
+        tensors = ", ".join(f"T t{j}" for j in range(k))
+        coefficients = ", ".join(f"T c{j}" for j in range(k))
+        body = " + ".join(f"c{j} * t{j}" for j in range(k))
+        code = f"template <typename T> T diffode_combine{k}({tensors}, {coefficients}) {{ return {body}; }}"
+        kernel = _CUDA_KERNELS[k] = _jiterator._create_jit_fn(code, **{f"c{j}": 0.0 for j in range(k)})
+    return kernel
 
 
 def linear_combination(x: Tensor, a: float | Tensor, terms: Sequence[tuple[Tensor, float | Tensor]]) -> Tensor:
@@ -133,8 +179,11 @@ def linear_combination(x: Tensor, a: float | Tensor, terms: Sequence[tuple[Tenso
         The combination, a new tensor of the shape and dtype of ``x``.
     """
     if _fusable(x, a, terms):
-        out = torch.empty_like(x)
         live = [(t, float(c)) for t, c in terms if c != 0.0]
+        if x.is_cuda:
+            coefficients = {f"c{j}": c for j, c in enumerate((float(a), *[c for _, c in live]))}
+            return _cuda_kernel(len(live) + 1)(x, *[t for t, _ in live], **coefficients)
+        out = torch.empty_like(x)
         _combine.combine(out.data_ptr(), x.numel(), _ITEMSIZE[x.dtype],
                          (x.data_ptr(), *[t.data_ptr() for t, _ in live]), (float(a), *[c for _, c in live]))
         return out

@@ -200,3 +200,67 @@ def test_solvers_give_the_same_samples_fused_or_eager(counting, name, parameteri
         eager = run()
     assert fused.nfe == eager.nfe
     torch.testing.assert_close(fused.x, eager.x, rtol=tol, atol=tol)
+
+
+# ---------------------------------------------------------------------------------------------
+# CUDA: the jiterator kernel (run by scripts/gpu_check.py where a GPU is lent)
+# ---------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def counting_cuda(monkeypatch):
+    calls = []
+    real = kernels._cuda_kernel
+
+    def counted(k):
+        calls.append(k)
+        return real(k)
+
+    monkeypatch.setattr(kernels, "_cuda_kernel", counted)
+    return calls
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype, tol", [(torch.float32, 2e-6), (torch.float64, 1e-14)])
+@pytest.mark.parametrize("k", range(0, 7))
+def test_cuda_fused_matches_float64_arithmetic(counting_cuda, dtype, tol, k):
+    g = torch.Generator().manual_seed(k)
+    x = torch.randn(3, 5, 7, generator=g, dtype=dtype)
+    terms = [(torch.randn(3, 5, 7, generator=g, dtype=dtype), float(torch.randn((), generator=g))) for _ in range(k)]
+    out = kernels.linear_combination(x.cuda(), 0.5, [(t.cuda(), c) for t, c in terms])
+    assert counting_cuda == [k + 1]
+    assert out.device.type == "cuda" and out.dtype == dtype and out.shape == x.shape
+    scale = x.double().abs() * 0.5 + sum(t.double().abs() * abs(c) for t, c in terms)
+    assert ((out.cpu().double() - reference(x, 0.5, terms)).abs() <= tol * scale + 1e-300).all()
+
+
+@pytest.mark.cuda
+def test_cuda_fused_path_takes_strided_tensors_and_leaves_others_eager(counting_cuda):
+    x = torch.randn(4, 6, device="cuda")
+    m = torch.randn(6, 4, device="cuda").t()  # not contiguous: fine for the CUDA kernel
+    torch.testing.assert_close(kernels.linear_combination(x, 2.0, [(m, -1.0)]), 2.0 * x - m)
+    assert len(counting_cuda) == 1
+    kernels.linear_combination(x.half(), 2.0, [(m.half(), -1.0)])  # float16: eager
+    kernels.linear_combination(x, 2.0, [(m[:1], -1.0)])  # broadcast: eager
+    with kernels.use_kernels(False):
+        kernels.linear_combination(x, 2.0, [(m, -1.0)])
+    assert len(counting_cuda) == 1
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("name", ["dpmpp_2m", "dpmpp_3m", "dpmpp_3s", "dpm_2m"])
+def test_cuda_solvers_fused_or_eager_agree_without_host_syncs(counting_cuda, name):
+    schedule = dd.DiscreteVP(betas=ddpm_betas())
+    mixture = dd.GaussianMixture([0.2, 0.3, 0.5], torch.randn(3, 2, 4, 4), [0.3, 0.5, 0.2])
+    model = dd.wrap(mixture.network(schedule, "noise"), schedule, time_input="continuous")
+    x = torch.randn(5, 2, 4, 4, device="cuda")
+    times = torch.linspace(1.0, schedule.default_t_end, 9, dtype=torch.float64).tolist()
+    dd.solve(model, x, name, times)  # compile the kernels outside the sync check
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        fused = dd.solve(model, x, name, times).x
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert counting_cuda
+    with kernels.use_kernels(False):
+        eager = dd.solve(model, x, name, times).x
+    torch.testing.assert_close(fused, eager, rtol=1e-5, atol=1e-5)
