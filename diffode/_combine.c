@@ -36,8 +36,8 @@
 
 /* One loop per term count, so that the compiler unrolls the terms and vectorises over i. */
 #define DEFINE_COMBINE(T, K)                                                                       \
-    static INLINE void combine_##T##_##K(T *restrict out, const T *const *in, const double *coef,         \
-                                  Py_ssize_t n) {                                                  \
+    static INLINE void combine_##T##_##K(T *restrict out, const T *const *in, const double *coef,  \
+                                         Py_ssize_t n) {                                           \
         const T *restrict p[K];                                                                    \
         T c[K];                                                                                    \
         for (int j = 0; j < K; j++) {                                                              \
@@ -49,6 +49,44 @@
             for (int j = 1; j < K; j++) acc += c[j] * p[j][i];                                     \
             out[i] = acc;                                                                          \
         }                                                                                          \
+    }                                                                                              \
+    /* With a conversion: conv = sum_j b_j in_j (stored), out = sum_j a_j in_j + g conv. conv may  \
+       be one of the inputs itself (the network output, converted in place): every element's      \
+       inputs are loaded before its outputs are stored, and no element depends on another. */     \
+    static INLINE void convert_##T##_##K(T *restrict out, T *conv, const T *const *in,             \
+                                         const double *coef, const double *conv_coef, double g,    \
+                                         Py_ssize_t n) {                                           \
+        const T *p[K];                                                                             \
+        T a[K], b[K];                                                                              \
+        const T gg = (T)g;                                                                         \
+        for (int j = 0; j < K; j++) {                                                              \
+            p[j] = in[j];                                                                          \
+            a[j] = (T)coef[j];                                                                     \
+            b[j] = (T)conv_coef[j];                                                                \
+        }                                                                                          \
+        _Pragma("GCC ivdep") for (Py_ssize_t i = 0; i < n; i++) {                                  \
+            T q[K];                                                                                \
+            for (int j = 0; j < K; j++) q[j] = p[j][i];                                            \
+            T v = b[0] * q[0];                                                                     \
+            for (int j = 1; j < K; j++) v += b[j] * q[j];                                          \
+            T acc = a[0] * q[0];                                                                   \
+            for (int j = 1; j < K; j++) acc += a[j] * q[j];                                        \
+            acc += gg * v;                                                                         \
+            conv[i] = v;                                                                           \
+            out[i] = acc;                                                                          \
+        }                                                                                          \
+    }
+
+#define DISPATCH(NAME, T, k, ...)                                                                  \
+    switch (k) {                                                                                   \
+        case 1: NAME##_##T##_1(__VA_ARGS__); break;                                                \
+        case 2: NAME##_##T##_2(__VA_ARGS__); break;                                                \
+        case 3: NAME##_##T##_3(__VA_ARGS__); break;                                                \
+        case 4: NAME##_##T##_4(__VA_ARGS__); break;                                                \
+        case 5: NAME##_##T##_5(__VA_ARGS__); break;                                                \
+        case 6: NAME##_##T##_6(__VA_ARGS__); break;                                                \
+        case 7: NAME##_##T##_7(__VA_ARGS__); break;                                                \
+        default: NAME##_##T##_8(__VA_ARGS__); break;                                               \
     }
 
 #define DEFINE_ALL(T)                                                                              \
@@ -56,19 +94,14 @@
     DEFINE_COMBINE(T, 5) DEFINE_COMBINE(T, 6) DEFINE_COMBINE(T, 7) DEFINE_COMBINE(T, 8)            \
     MULTIVERSION static void combine_##T(T *out, const T *const *in, const double *coef, int k,    \
                                          Py_ssize_t n) {                                           \
-        switch (k) {                                                                               \
-            case 1: combine_##T##_1(out, in, coef, n); break;                                      \
-            case 2: combine_##T##_2(out, in, coef, n); break;                                      \
-            case 3: combine_##T##_3(out, in, coef, n); break;                                      \
-            case 4: combine_##T##_4(out, in, coef, n); break;                                      \
-            case 5: combine_##T##_5(out, in, coef, n); break;                                      \
-            case 6: combine_##T##_6(out, in, coef, n); break;                                      \
-            case 7: combine_##T##_7(out, in, coef, n); break;                                      \
-            default: combine_##T##_8(out, in, coef, n); break;                                     \
-        }                                                                                          \
+        DISPATCH(combine, T, k, out, in, coef, n)                                                  \
+    }                                                                                              \
+    MULTIVERSION static void convert_##T(T *out, T *conv, const T *const *in, const double *coef,  \
+                                         const double *conv_coef, double g, int k, Py_ssize_t n) { \
+        DISPATCH(convert, T, k, out, conv, in, coef, conv_coef, g, n)                              \
     }
 
-/* The per-K loops are inlined into the multiversioned dispatcher, so each clone vectorises them
+/* The per-K loops are inlined into the multiversioned dispatchers, so each clone vectorises them
    for its own instruction set. */
 DEFINE_ALL(float)
 DEFINE_ALL(double)
@@ -76,24 +109,46 @@ DEFINE_ALL(double)
 /* Below this many elements the call is shorter than releasing and retaking the GIL. */
 #define GIL_RELEASE_MIN 16384
 
+/* Reads a tuple of k addresses or of k floats. */
+static int read_addresses(PyObject *tuple, Py_ssize_t k, const void **out) {
+    for (Py_ssize_t j = 0; j < k; j++) {
+        out[j] = PyLong_AsVoidPtr(PyTuple_GET_ITEM(tuple, j));
+        if (PyErr_Occurred()) return -1;
+        if (out[j] == NULL) {
+            PyErr_SetString(PyExc_ValueError, "combine: null input address");
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static int read_floats(PyObject *tuple, Py_ssize_t k, double *out) {
+    for (Py_ssize_t j = 0; j < k; j++) {
+        out[j] = PyFloat_AsDouble(PyTuple_GET_ITEM(tuple, j));
+        if (PyErr_Occurred()) return -1;
+    }
+    return 0;
+}
+
 static PyObject *combine(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     (void)self;
-    if (nargs != 5) {
-        PyErr_SetString(PyExc_TypeError, "combine(out, n, itemsize, addresses, coefficients) takes 5 arguments");
+    if (nargs != 5 && nargs != 8) {
+        PyErr_SetString(PyExc_TypeError, "combine(out, n, itemsize, addresses, coefficients"
+                                         "[, conv, conv_coefficients, conv_weight]) takes 5 or 8 arguments");
         return NULL;
     }
     void *out = PyLong_AsVoidPtr(args[0]);
     Py_ssize_t n = PyLong_AsSsize_t(args[1]);
     long itemsize = PyLong_AsLong(args[2]);
     if (PyErr_Occurred()) return NULL;
-    if (!PyTuple_Check(args[3]) || !PyTuple_Check(args[4])) {
+    if (!PyTuple_Check(args[3]) || !PyTuple_Check(args[4]) || (nargs == 8 && !PyTuple_Check(args[6]))) {
         PyErr_SetString(PyExc_TypeError, "combine: addresses and coefficients must be tuples");
         return NULL;
     }
     Py_ssize_t k = PyTuple_GET_SIZE(args[3]);
-    if (k < 1 || k > MAX_TERMS || PyTuple_GET_SIZE(args[4]) != k) {
-        PyErr_Format(PyExc_ValueError, "combine: 1 to %d terms with one coefficient each, got %zd addresses and "
-                     "%zd coefficients", MAX_TERMS, k, PyTuple_GET_SIZE(args[4]));
+    if (k < 1 || k > MAX_TERMS || PyTuple_GET_SIZE(args[4]) != k || (nargs == 8 && PyTuple_GET_SIZE(args[6]) != k)) {
+        PyErr_Format(PyExc_ValueError, "combine: 1 to %d terms with one coefficient each, got %zd addresses",
+                     MAX_TERMS, k);
         return NULL;
     }
     if (itemsize != 4 && itemsize != 8) {
@@ -105,29 +160,38 @@ static PyObject *combine(PyObject *self, PyObject *const *args, Py_ssize_t nargs
         return NULL;
     }
     const void *in[MAX_TERMS];
-    double coef[MAX_TERMS];
-    for (Py_ssize_t j = 0; j < k; j++) {
-        in[j] = PyLong_AsVoidPtr(PyTuple_GET_ITEM(args[3], j));
-        coef[j] = PyFloat_AsDouble(PyTuple_GET_ITEM(args[4], j));
-        if (PyErr_Occurred()) return NULL;
-        if (in[j] == NULL) {
-            PyErr_SetString(PyExc_ValueError, "combine: null input address");
+    double coef[MAX_TERMS], conv_coef[MAX_TERMS];
+    if (read_addresses(args[3], k, in) < 0 || read_floats(args[4], k, coef) < 0) return NULL;
+    void *conv = NULL;
+    double g = 0.0;
+    if (nargs == 8) {
+        conv = PyLong_AsVoidPtr(args[5]);
+        g = PyFloat_AsDouble(args[7]);
+        if (PyErr_Occurred() || read_floats(args[6], k, conv_coef) < 0) return NULL;
+        if (conv == NULL) {
+            PyErr_SetString(PyExc_ValueError, "combine: null conversion address");
             return NULL;
         }
     }
     int release = n >= GIL_RELEASE_MIN;
     PyThreadState *state = release ? PyEval_SaveThread() : NULL;
-    if (itemsize == 4)
+    if (conv == NULL && itemsize == 4)
         combine_float((float *)out, (const float *const *)in, coef, (int)k, n);
-    else
+    else if (conv == NULL)
         combine_double((double *)out, (const double *const *)in, coef, (int)k, n);
+    else if (itemsize == 4)
+        convert_float((float *)out, (float *)conv, (const float *const *)in, coef, conv_coef, g, (int)k, n);
+    else
+        convert_double((double *)out, (double *)conv, (const double *const *)in, coef, conv_coef, g, (int)k, n);
     if (release) PyEval_RestoreThread(state);
     Py_RETURN_NONE;
 }
 
 static PyMethodDef methods[] = {
     {"combine", (PyCFunction)(void (*)(void))combine, METH_FASTCALL,
-     "combine(out, n, itemsize, addresses, coefficients): out = sum_j coefficients[j] * in_j over n elements."},
+     "combine(out, n, itemsize, addresses, coefficients[, conv, conv_coefficients, conv_weight]):\n"
+     "out = sum_j coefficients[j] * in_j over n elements; with a conversion, also\n"
+     "conv = sum_j conv_coefficients[j] * in_j and out += conv_weight * conv (conv may be an input)."},
     {NULL, NULL, 0, NULL},
 };
 

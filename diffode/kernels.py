@@ -49,8 +49,8 @@ try:  # PyTorch's runtime-compiled elementwise CUDA kernels (NVRTC), in every CU
 except ImportError:
     _jiterator = None
 
-__all__ = ["PARALLEL_GRAIN", "available", "cuda_available", "enabled", "linear_combination", "set_enabled",
-           "use_kernels"]
+__all__ = ["PARALLEL_GRAIN", "available", "convert_and_combine", "cuda_available", "enabled", "linear_combination",
+           "set_enabled", "use_kernels"]
 
 #: PyTorch's grain for parallel elementwise operations (``at::internal::GRAIN_SIZE``): smaller
 #: tensors run on one thread in eager PyTorch too, so the single-threaded kernel never loses there.
@@ -187,10 +187,55 @@ def linear_combination(x: Tensor, a: float | Tensor, terms: Sequence[tuple[Tenso
         _combine.combine(out.data_ptr(), x.numel(), _ITEMSIZE[x.dtype],
                          (x.data_ptr(), *[t.data_ptr() for t, _ in live]), (float(a), *[c for _, c in live]))
         return out
+    return _eager(x, a, terms)
+
+
+def _eager(x: Tensor, a: float | Tensor, terms: Sequence[tuple[Tensor, float | Tensor]]) -> Tensor:
     out = torch.mul(x, a)
     for tensor, c in terms:
         if isinstance(c, Tensor):
             out.add_(tensor * c)
         else:
             out.add_(tensor, alpha=c)
+    return out
+
+
+def convert_and_combine(x: Tensor, a: float, terms: Sequence[tuple[Tensor, float]], u: Tensor, cu: float,
+                        w: Tensor, cw: float, weight: float) -> Tensor | None:
+    r"""$m = c_u u + c_w w$ written into ``w``'s memory, and $a\,x + \text{weight}\cdot m + \sum_j c_j m_j$,
+    in one pass over memory (the fused CPU path only); ``None`` where that path does not apply.
+
+    This is a model output's conversion (``w`` the network output, ``u`` the state it saw) fused
+    into the update that first uses it: $3 + k$ tensor passes where converting first and then
+    combining takes $3 + (k + 2)$, and no more memory, as the conversion overwrites ``w``. The
+    caller must own ``w`` outright (see
+    :meth:`Deferred.output_is_exclusive <diffode.models.parameterizations.Deferred.output_is_exclusive>`).
+
+    Args:
+        x: The state.
+        a: Its coefficient.
+        terms: Further ``(tensor, coefficient)`` pairs.
+        u: The first input of the conversion (may be ``x``).
+        cu: Its coefficient in the conversion.
+        w: The second input of the conversion, overwritten by its result.
+        cw: Its coefficient in the conversion.
+        weight: The coefficient of the converted value in the combination.
+
+    Returns:
+        The combination (a new tensor), with ``w`` now holding $m$; or ``None``, with nothing
+        computed or changed, where the fused CPU path does not apply.
+    """
+    live = [(t, float(c)) for t, c in terms if c != 0.0]
+    if len(live) + 3 > _MAX_TENSORS or not x.is_cpu or isinstance(weight, Tensor) or isinstance(cu, Tensor) \
+            or isinstance(cw, Tensor) or not _fusable(x, a, [*live, (u, 1.0), (w, 1.0)]):
+        return None
+    inputs = [x] if u is x else [x, u]
+    inputs += [w, *[t for t, _ in live]]
+    coefficients = [float(a)] + ([] if u is x else [0.0]) + [0.0] + [c for _, c in live]
+    conversion = [float(cu)] + ([] if u is x else [0.0]) + [float(cw)] + [0.0] * len(live)
+    if u is not x:
+        conversion[0], conversion[1] = 0.0, float(cu)
+    out = torch.empty_like(x)
+    _combine.combine(out.data_ptr(), x.numel(), _ITEMSIZE[x.dtype], tuple(t.data_ptr() for t in inputs),
+                     tuple(coefficients), w.data_ptr(), tuple(conversion), float(weight))
     return out

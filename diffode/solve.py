@@ -29,7 +29,7 @@ from torch import Tensor
 from diffode._utils import HALF_DTYPES, NonFiniteError, check_int, check_tensor, nonfinite_samples
 from diffode.controllers import AdaptiveController
 from diffode.integrators.base import Integrator
-from diffode.models.parameterizations import Scaled
+from diffode.models.parameterizations import Deferred, Scaled
 from diffode.models.predictor import Predictor
 from diffode.schedules.base import NoiseSchedule, TimePoint, memoised
 
@@ -84,10 +84,18 @@ class _Evaluator(Predictor):
             out = self.model.predict(x, point, kind)
         else:
             out = self.model.predict_mixed(x, point, kind, self.network_dtype)
-        if not isinstance(out, Scaled):
+        return self._checked(out, x, point, kind, Scaled)
+
+    def predict_deferred(self, x: Tensor, point: TimePoint, kind: str) -> Scaled | Deferred:
+        if self.network_dtype is not None:
+            return self.predict(x, point, kind)
+        return self._checked(self.model.predict_deferred(x, point, kind), x, point, kind, (Scaled, Deferred))
+
+    def _checked(self, out, x: Tensor, point: TimePoint, kind: str, allowed):
+        if not isinstance(out, allowed):
             raise TypeError(f"{type(self.model).__name__}.predict must return a diffode.models.Scaled, "
                             f"got {type(out).__name__}")
-        tensor = out.tensor
+        tensor = out.out if isinstance(out, Deferred) else out.tensor
         if tensor.shape != x.shape or tensor.device != x.device:
             raise ValueError(f"the model's {kind} prediction at t={point.t:.6g} has shape {tuple(tensor.shape)} on "
                              f"{tensor.device}, but x has shape {tuple(x.shape)} on {x.device}; a model must return "

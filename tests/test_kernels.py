@@ -203,6 +203,120 @@ def test_solvers_give_the_same_samples_fused_or_eager(counting, name, parameteri
 
 
 # ---------------------------------------------------------------------------------------------
+# A conversion fused into the update (convert_and_combine, Deferred predictions)
+# ---------------------------------------------------------------------------------------------
+
+@needs_extension
+@pytest.mark.parametrize("dtype, tol", [(torch.float32, 4e-6), (torch.float64, 1e-14)])
+@pytest.mark.parametrize("k", range(0, 4))
+@pytest.mark.parametrize("separate_u", [False, True])
+def test_convert_and_combine_matches_float64_and_overwrites_w(dtype, tol, k, separate_u):
+    g = torch.Generator().manual_seed(10 * k + separate_u)
+    n = 1037
+    x = torch.randn(n, generator=g, dtype=dtype)
+    u = torch.randn(n, generator=g, dtype=dtype) if separate_u else x
+    w = torch.randn(n, generator=g, dtype=dtype)
+    terms = [(torch.randn(n, generator=g, dtype=dtype), float(torch.randn((), generator=g))) for _ in range(k)]
+    x64, u64, w64 = (t.double().clone() for t in (x, u, w))  # before w is overwritten
+    cu, cw, weight = 1.3, -0.7, 0.45
+    out = kernels.convert_and_combine(x, 0.8, terms, u, cu, w, cw, weight)
+    m = cu * u64 + cw * w64
+    expected = reference(x64, 0.8, terms) + weight * m
+    scale = 0.8 * x64.abs() + weight * (cu * u64.abs() + abs(cw) * w64.abs()) + \
+        sum(t.double().abs() * abs(c) for t, c in terms)
+    assert ((out.double() - expected).abs() <= tol * scale).all()
+    assert ((w.double() - m).abs() <= tol * (cu * u64.abs() + abs(cw) * w64.abs())).all()  # w now holds m
+    if separate_u:
+        assert not torch.equal(u, w)
+
+
+@needs_extension
+def test_convert_and_combine_declines_without_changing_anything():
+    x = torch.randn(kernels.PARALLEL_GRAIN)
+    w = torch.randn(kernels.PARALLEL_GRAIN)
+    before = w.clone()
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)  # large tensors on several threads: eager territory
+        assert kernels.convert_and_combine(x, 1.0, [], x, 1.0, w, 1.0, 1.0) is None
+    finally:
+        torch.set_num_threads(threads)
+    assert kernels.convert_and_combine(x.half(), 1.0, [], x.half(), 1.0, w.half(), 1.0, 1.0) is None
+    with kernels.use_kernels(False):
+        assert kernels.convert_and_combine(x, 1.0, [], x, 1.0, w, 1.0, 1.0) is None
+    assert torch.equal(w, before)
+
+
+class CountingConversions:
+    def __init__(self, monkeypatch):
+        import diffode.integrators.base as base
+
+        self.real, self.fused, self.declined = base.convert_and_combine, 0, 0
+        monkeypatch.setattr(base, "convert_and_combine", self)
+
+    def __call__(self, *args):
+        out = self.real(*args)
+        self.fused += out is not None
+        self.declined += out is None
+        return out
+
+
+def _eps_problem():
+    schedule = dd.DiscreteVP(betas=ddpm_betas())
+    fixed = torch.randn(5, 2, 4, 4)
+
+    def net(x, t):  # a fresh, contiguous output, as a network's last layer gives
+        return torch.add(fixed, x, alpha=0.1)
+
+    return schedule, net, torch.randn(5, 2, 4, 4)
+
+
+@needs_extension
+@pytest.mark.parametrize("name", ["dpmpp_2m", "dpmpp_3m", "dpmpp_3s", "dpmpp_2s"])
+def test_data_form_solvers_fuse_the_conversion_of_an_eps_network(monkeypatch, name):
+    schedule, net, x = _eps_problem()
+    times = torch.linspace(1.0, schedule.default_t_end, 9, dtype=torch.float64).tolist()
+    counting = CountingConversions(monkeypatch)
+    fused = dd.solve(dd.wrap(net, schedule, time_input="continuous"), x, name, times).x
+    assert counting.fused > 0 and counting.declined == 0
+    with kernels.use_kernels(False):
+        eager = dd.solve(dd.wrap(net, schedule, time_input="continuous"), x, name, times).x
+    torch.testing.assert_close(fused, eager, rtol=1e-5, atol=1e-5)
+
+
+@needs_extension
+@pytest.mark.parametrize("returns", ["a tensor it keeps", "a view of its buffer", "its input"])
+def test_a_network_output_that_anyone_else_can_see_is_never_overwritten(monkeypatch, returns):
+    schedule, net, x = _eps_problem()
+    x_before = x.clone()
+    buffer = torch.zeros(10, 2, 4, 4)
+    kept = {}
+
+    def network(x_in, t):
+        eps = net(x_in, t)
+        if returns == "a tensor it keeps":
+            kept["last"], kept["copy"] = eps, eps.clone()
+            return eps
+        if returns == "a view of its buffer":
+            buffer[:5] = eps
+            return buffer[:5]
+        return x_in  # an identity "network": its output is the state itself
+
+    counting = CountingConversions(monkeypatch)
+    times = [1.0, 0.6, 0.3, schedule.default_t_end]
+    result = dd.solve(dd.wrap(network, schedule, time_input="continuous"), x, "dpmpp_2m", times).x
+    assert counting.fused == 0
+    if returns == "a tensor it keeps":
+        assert torch.equal(kept["last"], kept["copy"])
+    if returns == "a view of its buffer":
+        assert torch.equal(buffer[5:], torch.zeros(5, 2, 4, 4))
+    assert torch.equal(x, x_before)
+    with kernels.use_kernels(False):
+        eager = dd.solve(dd.wrap(network, schedule, time_input="continuous"), x, "dpmpp_2m", times).x
+    torch.testing.assert_close(result, eager, rtol=1e-5, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------
 # CUDA: the jiterator kernel (run by scripts/gpu_check.py where a GPU is lent)
 # ---------------------------------------------------------------------------------------------
 

@@ -48,7 +48,7 @@ class DPMSolverAdaptive(ExponentialIntegrator):
 
     def step(self, model: Predictor, x: Tensor, s: TimePoint, t: TimePoint, state: State,
              order: int | None = None) -> StepResult:
-        m_s = self.evaluate(model, x, s)
+        m_s = self.evaluate(model, x, s, defer=True)
         x_high, nfe, values, fractions = run_stages(self, model, x, s, t, self._high, m_s)
         # The lower member reuses the first outputs: DPM-Solver-1 (order 2) or DPM-Solver-2 with r1 (order 3).
         n_low = self.order - 1

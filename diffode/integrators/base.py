@@ -13,13 +13,13 @@ from torch import Tensor
 
 from diffode._utils import check_choice
 from diffode.integrators.coefficients import linear_coefficients, update_weights
-from diffode.kernels import linear_combination
-from diffode.models.parameterizations import Scaled
+from diffode.kernels import convert_and_combine, linear_combination
+from diffode.models.parameterizations import Deferred, Scaled
 from diffode.models.predictor import Predictor
 from diffode.schedules.base import NoiseSchedule, TimePoint, memoised
 
 __all__ = ["ExponentialIntegrator", "History", "Integrator", "State", "StepResult", "exponential_update",
-           "linear_combination", "point_at_lambda"]
+           "linear_combination", "point_at_lambda", "settled"]
 
 PREDICTIONS = ("data", "noise")
 SOLVER_TYPES = ("dpmsolver", "taylor")
@@ -80,19 +80,45 @@ def step_weights(h: float, nodes: Sequence[float], z: float, solver_type: str = 
     return _cached_weights(h, tuple(nodes), z, solver_type, None if factors is None else tuple(factors))
 
 
-def exponential_update(x: Tensor, s: TimePoint, t: TimePoint, values: Sequence[Scaled], nodes: Sequence[float],
-                       predict: str, solver_type: str = "taylor", factors: Sequence[float] | None = None) -> Tensor:
+def exponential_update(x: Tensor, s: TimePoint, t: TimePoint, values: Sequence[Scaled | Deferred],
+                       nodes: Sequence[float], predict: str, solver_type: str = "taylor",
+                       factors: Sequence[float] | None = None) -> Tensor:
     r"""One exponential-integrator update from ``s`` to ``t`` using model outputs at ``nodes``.
 
     $x_t = a\,x_s + b\sum_j w_j m_j$ (see :mod:`diffode.integrators.coefficients`), applied by
-    :func:`diffode.kernels.linear_combination` (one pass over memory on the CPU, else one scaled copy of
-    ``x`` and one fused ``add_`` per model output); every coefficient is a Python float (the scale of
-    each :class:`~diffode.models.Scaled` output is folded into its weight), and the weights are
-    memoised per grid (:func:`step_weights`).
+    :func:`diffode.kernels.linear_combination` (one pass over memory on the CPU and on CUDA, else
+    one scaled copy of ``x`` and one fused ``add_`` per model output); every coefficient is a Python
+    float (the scale of each :class:`~diffode.models.Scaled` output is folded into its weight), and
+    the weights are memoised per grid (:func:`step_weights`).
+
+    A :class:`~diffode.models.parameterizations.Deferred` output not yet computed is computed in
+    the same pass and settled (:func:`diffode.kernels.convert_and_combine`) when nothing else holds
+    the network output it comes from; otherwise it is computed first.
     """
     a, b, z = linear_coefficients(s, t, predict)
     weights = step_weights(t.lam - s.lam, nodes, z, solver_type, factors)
-    return linear_combination(x, a, [(v.tensor, b * w * v.scale) for w, v in zip(weights, values)])
+    terms, pending = [], None
+    for w, v in zip(weights, values):
+        if type(v) is Deferred:
+            if pending is None and not v.settled and v.output_is_exclusive():
+                pending = (v, b * w)
+                continue
+            v = v.scaled()
+        terms.append((v.tensor, b * w * v.scale))
+    if pending is not None:
+        d, c = pending
+        x_t = convert_and_combine(x, a, terms, d.x, d.a, d.out, d.b, c)
+        if x_t is not None:
+            d.settle(Scaled(d.out))
+            return x_t
+        v = d.scaled()
+        terms.append((v.tensor, c * v.scale))
+    return linear_combination(x, a, terms)
+
+
+def settled(value: Scaled | Deferred) -> Scaled:
+    """A model output as a :class:`~diffode.models.Scaled` tensor (a deferred one computed if no update did)."""
+    return value.scaled() if type(value) is Deferred else value
 
 
 def point_at_lambda(schedule: NoiseSchedule, lam: float) -> TimePoint:
@@ -136,8 +162,15 @@ class Integrator(abc.ABC):
              order: int | None = None) -> StepResult:
         """Advance ``x`` from ``s`` to ``t``."""
 
-    def evaluate(self, model: Predictor, x: Tensor, point: TimePoint) -> Scaled:
-        """The model output this integrator integrates (data or noise prediction)."""
+    def evaluate(self, model: Predictor, x: Tensor, point: TimePoint, defer: bool = False) -> Scaled | Deferred:
+        """The model output this integrator integrates (data or noise prediction).
+
+        With ``defer``, a :class:`~diffode.models.parameterizations.Deferred` output may come back,
+        for :func:`exponential_update` to compute in its own pass (:func:`settled` computes it
+        otherwise); without, always a :class:`~diffode.models.Scaled` tensor.
+        """
+        if defer:
+            return model.predict_deferred(x, point, self.predict)
         return model.predict(x, point, self.predict)
 
 

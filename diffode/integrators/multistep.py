@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import Tensor
 
 from diffode._utils import check_choice
-from diffode.integrators.base import ExponentialIntegrator, History, State, StepResult, exponential_update
+from diffode.integrators.base import ExponentialIntegrator, History, State, StepResult, exponential_update, settled
 from diffode.integrators.singlestep import STAGES, run_stages
 from diffode.models.predictor import Predictor
 from diffode.schedules.base import TimePoint
@@ -76,8 +76,7 @@ class DPMSolverMultistep(ExponentialIntegrator):
     def step(self, model: Predictor, x: Tensor, s: TimePoint, t: TimePoint, state: State,
              order: int | None = None) -> StepResult:
         order = self.order if order is None else order
-        m_s = self.evaluate(model, x, s)
-        history = (*state.history, History(s.lam, m_s))
+        m_s = self.evaluate(model, x, s, defer=True)
         nfe = 1
         if t.lam == s.lam:
             x_t = x.clone()
@@ -85,12 +84,13 @@ class DPMSolverMultistep(ExponentialIntegrator):
             # First step at order >= 2: no earlier outputs, so take a singlestep step of that order.
             x_t, nfe, _, _ = run_stages(self, model, x, s, t, STAGES[(order, self.solver_type)], m_s)
         else:
-            used = history[-order:]
+            used = (*state.history, History(s.lam, m_s))[-order:]
             h = t.lam - s.lam
             nodes = [(p.lam - s.lam) / h for p in used]
             factors = self.update_factors(len(used), -h if self.predict == "data" else h)
             x_t = exponential_update(x, s, t, [p.value for p in used], nodes, self.predict,
                                      self.solver_type, factors)
+        history = (*state.history, History(s.lam, settled(m_s)))
         keep = max(self.order - 1, 0)
         new_state = State(history=history[len(history) - keep:] if keep else (), step_index=state.step_index + 1)
         return StepResult(x=x_t, state=new_state, nfe=nfe)

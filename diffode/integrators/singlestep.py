@@ -7,8 +7,9 @@ from dataclasses import dataclass
 from torch import Tensor
 
 from diffode._utils import check_finite_number
-from diffode.integrators.base import ExponentialIntegrator, State, StepResult, exponential_update, point_at_lambda
-from diffode.models.parameterizations import Scaled
+from diffode.integrators.base import (ExponentialIntegrator, State, StepResult, exponential_update, point_at_lambda,
+                                     settled)
+from diffode.models.parameterizations import Deferred, Scaled
 from diffode.models.predictor import Predictor
 from diffode.schedules.base import TimePoint
 
@@ -50,8 +51,11 @@ STAGES = {(k, st): stages_for(k, st) for k in (1, 2, 3) for st in ("dpmsolver", 
 
 
 def run_stages(integrator: ExponentialIntegrator, model: Predictor, x: Tensor, s: TimePoint, t: TimePoint,
-               stages: tuple[Stage, ...], m_s: Scaled) -> tuple[Tensor, int, list[Scaled], list[float]]:
+               stages: tuple[Stage, ...], m_s: Scaled | Deferred) -> tuple[Tensor, int, list[Scaled], list[float]]:
     """Run the stages of one singlestep step.
+
+    Stage outputs are asked for deferred (:meth:`Integrator.evaluate <diffode.integrators.Integrator.evaluate>`),
+    so that the stage update that first uses one computes it in its own pass.
 
     Returns:
         ``(x_t, nfe, values, fractions)``: the new state, the evaluations this step used (``m_s``
@@ -64,12 +68,12 @@ def run_stages(integrator: ExponentialIntegrator, model: Predictor, x: Tensor, s
         point = point_at_lambda(model.schedule, s.lam + stage.c * h)
         u = exponential_update(x, s, point, [values[j] for j in stage.nodes],
                                [fractions[j] / stage.c for j in stage.nodes], integrator.predict, stage.solver_type)
-        values.append(integrator.evaluate(model, u, point))
+        values.append(integrator.evaluate(model, u, point, defer=True))
         fractions.append(stage.c)
     final = stages[-1]
     x_t = exponential_update(x, s, t, [values[j] for j in final.nodes], [fractions[j] for j in final.nodes],
                              integrator.predict, final.solver_type)
-    return x_t, len(stages), values, fractions
+    return x_t, len(stages), [settled(v) for v in values], fractions
 
 
 class DPMSolverSinglestep(ExponentialIntegrator):
@@ -122,6 +126,6 @@ class DPMSolverSinglestep(ExponentialIntegrator):
     def step(self, model: Predictor, x: Tensor, s: TimePoint, t: TimePoint, state: State,
              order: int | None = None) -> StepResult:
         order = self.order if order is None else order
-        m_s = self.evaluate(model, x, s)
+        m_s = self.evaluate(model, x, s, defer=True)
         x_t, nfe, _, _ = run_stages(self, model, x, s, t, self._stages[order], m_s)
         return StepResult(x=x_t, state=State(step_index=state.step_index + 1), nfe=nfe)

@@ -3,13 +3,17 @@ r"""What a network predicts, and how to turn it into the noise and data predicti
 With $x_t = \alpha_t x_0 + \sigma_t\epsilon$, a network may predict the noise $\epsilon$, the data
 $x_0$, the velocity $v = \alpha_t\epsilon - \sigma_t x_0$ or the score
 $\nabla_x\log p_t(x) = -\epsilon/\sigma_t$. This module is the one place that converts between
-them. Each conversion is written as ``scale * (u + c * w)`` with Python-number coefficients, so that
-it costs one fused tensor operation; the scale is folded into the integrators' step weights.
+them. Each parameterization is one linear map, ``prediction = a * x + b * out``
+(:meth:`Parameterization.affine`); a conversion is applied as ``scale * (u + c * w)`` with
+Python-number coefficients, one fused tensor operation, the scale being folded into the
+integrators' step weights. A :class:`Deferred` prediction leaves even that operation to the update
+that first uses it.
 """
 
 from __future__ import annotations
 
 import abc
+import sys
 from typing import ClassVar, NamedTuple
 
 import torch
@@ -17,7 +21,7 @@ from torch import Tensor
 
 from diffode._utils import check_choice
 
-__all__ = ["Data", "Noise", "Parameterization", "Scaled", "Score", "Velocity", "get_parameterization"]
+__all__ = ["Data", "Deferred", "Noise", "Parameterization", "Scaled", "Score", "Velocity", "get_parameterization"]
 
 Coeff = float | Tensor
 
@@ -42,19 +46,114 @@ def axpy(u: Tensor, w: Tensor, c: Coeff) -> Tensor:
     return torch.add(u, w, alpha=c)
 
 
+class Deferred:
+    r"""A prediction not yet computed: $a\,x + b\,\mathrm{out}$, from a network output ``out``.
+
+    :meth:`ModelWrapper.predict_deferred <diffode.models.wrapper.ModelWrapper.predict_deferred>`
+    returns one instead of a :class:`Scaled` when the conversion needs ``x`` (a noise-predicting
+    network asked for the data prediction, say), so that the update that first uses the prediction
+    can compute it in the same pass over memory (:func:`diffode.integrators.base.exponential_update`)
+    and :meth:`settle` it. :meth:`scaled` gives the prediction either way, computing it (one fused
+    operation) if no update did.
+
+    Attributes:
+        x: The state the network saw.
+        a: The coefficient of ``x`` (a Python float).
+        out: The network's raw output.
+        b: The coefficient of ``out`` (a Python float).
+    """
+
+    __slots__ = ("x", "a", "out", "b", "_value")
+
+    def __init__(self, x: Tensor, a: float, out: Tensor, b: float):
+        self.x, self.a, self.out, self.b = x, a, out, b
+        self._value: Scaled | None = None
+
+    @property
+    def settled(self) -> bool:
+        """Whether the prediction was computed."""
+        return self._value is not None
+
+    def settle(self, value: Scaled) -> None:
+        """Record the computed prediction (and drop the references to ``x`` and ``out``)."""
+        self._value = value
+        self.x = self.out = None
+
+    def scaled(self) -> Scaled:
+        """The prediction as a :class:`Scaled` tensor, computed on first use."""
+        if self._value is None:
+            self.settle(_combine(self.x, self.out, self.a, self.b))
+        return self._value
+
+    def output_is_exclusive(self) -> bool:
+        """Whether nothing but this object refers to ``out`` or its memory, so that computing the
+        prediction into ``out``'s memory cannot be observed: the network kept no reference to it,
+        no view of it exists, it is not itself a view (a slice of a larger output, say), autograd
+        recorded nothing. Conservative: ``False`` when unsure, and the prediction then goes to new
+        memory."""
+        out = self.out
+        if out is None or type(out) is not Tensor or out.requires_grad or out._base is not None:
+            return False
+        del out
+        return (_OWNERSHIP_CHECKS and sys.getrefcount(self.out) == _SOLE_SLOT_REFCOUNT and self.out._use_count() == 1
+                and torch._C._storage_Use_Count(self.out.untyped_storage()._cdata) == 2)
+
+    def __repr__(self) -> str:
+        state = "settled" if self.settled else f"a={self.a!r}, b={self.b!r}"
+        return f"Deferred({state})"
+
+
+def _combine(x: Tensor, out: Tensor, a: Coeff, b: Coeff) -> Scaled:
+    r"""$a\,x + b\,\mathrm{out}$ as one fused operation (scaled by the larger coefficient)."""
+    if isinstance(a, Tensor) or isinstance(b, Tensor):
+        return Scaled(out * b + x * a)
+    if a == 0.0:
+        return Scaled(out, b)
+    if abs(a) >= abs(b):
+        return Scaled(torch.add(x, out, alpha=b / a), a)
+    return Scaled(torch.add(out, x, alpha=a / b), b)
+
+
+def _sole_slot_refcount() -> int:
+    # What sys.getrefcount reports, inside Deferred.output_is_exclusive, for an output that only
+    # the Deferred holds: measured on this interpreter rather than assumed (it differs between
+    # CPython versions).
+    probe = Deferred(torch.empty(0), 0.0, torch.empty(1), 1.0)
+    out = probe.out
+    del out
+    return sys.getrefcount(probe.out)
+
+
+# The ownership test needs the GIL's refcount semantics and PyTorch's use counts.
+_OWNERSHIP_CHECKS = (getattr(sys, "_is_gil_enabled", lambda: True)() and hasattr(Tensor, "_use_count")
+                     and hasattr(torch._C, "_storage_Use_Count"))
+_SOLE_SLOT_REFCOUNT = _sole_slot_refcount()
+
+
 class Parameterization(abc.ABC):
-    """A network output type. ``alpha`` and ``sigma`` are floats or tensors broadcastable to ``x``."""
+    """A network output type. ``alpha`` and ``sigma`` are floats or tensors broadcastable to ``x``.
+
+    A subclass gives :meth:`affine`, the linear map from ``(x, out)`` to the noise and data
+    predictions; the conversions below all follow from it.
+    """
 
     name: ClassVar[str]
     aliases: ClassVar[tuple[str, ...]] = ()
 
     @abc.abstractmethod
+    def affine(self, kind: str, alpha: Coeff, sigma: Coeff) -> tuple[Coeff, Coeff]:
+        """``(a, b)`` with the ``"noise"`` or ``"data"`` prediction equal to ``a * x + b * out``
+        (``a`` is exactly ``0.0`` when the prediction does not involve ``x``)."""
+
     def noise(self, out: Tensor, x: Tensor, alpha: Coeff, sigma: Coeff) -> Scaled:
         """The noise prediction $\\hat\\epsilon$ from the network output."""
+        a, b = self.affine("noise", alpha, sigma)
+        return _combine(x, out, a, b)
 
-    @abc.abstractmethod
     def data(self, out: Tensor, x: Tensor, alpha: Coeff, sigma: Coeff) -> Scaled:
         """The data prediction $\\hat x_0$ from the network output."""
+        a, b = self.affine("data", alpha, sigma)
+        return _combine(x, out, a, b)
 
     @abc.abstractmethod
     def from_noise(self, eps: Tensor, x: Tensor, alpha: Coeff, sigma: Coeff) -> Tensor:
@@ -77,11 +176,8 @@ class Noise(Parameterization):
 
     name, aliases = "noise", ("eps", "epsilon")
 
-    def noise(self, out, x, alpha, sigma):
-        return Scaled(out)
-
-    def data(self, out, x, alpha, sigma):
-        return Scaled(axpy(x, out, -sigma), 1.0 / alpha)
+    def affine(self, kind, alpha, sigma):
+        return (0.0, 1.0) if kind == "noise" else (1.0 / alpha, -sigma / alpha)
 
     def from_noise(self, eps, x, alpha, sigma):
         return eps
@@ -92,11 +188,8 @@ class Data(Parameterization):
 
     name, aliases = "data", ("x_start", "x0", "sample")
 
-    def noise(self, out, x, alpha, sigma):
-        return Scaled(axpy(x, out, -alpha), 1.0 / sigma)
-
-    def data(self, out, x, alpha, sigma):
-        return Scaled(out)
+    def affine(self, kind, alpha, sigma):
+        return (1.0 / sigma, -alpha / sigma) if kind == "noise" else (0.0, 1.0)
 
     def from_noise(self, eps, x, alpha, sigma):
         return axpy(x, eps, -sigma) / alpha
@@ -112,11 +205,9 @@ class Velocity(Parameterization):
 
     name, aliases = "v", ("velocity", "v_prediction")
 
-    def noise(self, out, x, alpha, sigma):
-        return Scaled(axpy(out, x, sigma / alpha), alpha / (alpha * alpha + sigma * sigma))
-
-    def data(self, out, x, alpha, sigma):
-        return Scaled(axpy(x, out, -sigma / alpha), alpha / (alpha * alpha + sigma * sigma))
+    def affine(self, kind, alpha, sigma):
+        norm = alpha * alpha + sigma * sigma
+        return (sigma / norm, alpha / norm) if kind == "noise" else (alpha / norm, -sigma / norm)
 
     def from_noise(self, eps, x, alpha, sigma):
         x0 = axpy(x, eps, -sigma) / alpha
@@ -128,11 +219,8 @@ class Score(Parameterization):
 
     name, aliases = "score", ()
 
-    def noise(self, out, x, alpha, sigma):
-        return Scaled(out, -sigma)
-
-    def data(self, out, x, alpha, sigma):
-        return Scaled(axpy(x, out, sigma * sigma), 1.0 / alpha)
+    def affine(self, kind, alpha, sigma):
+        return (0.0, -sigma) if kind == "noise" else (1.0 / alpha, sigma * sigma / alpha)
 
     def from_noise(self, eps, x, alpha, sigma):
         return -eps / sigma

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from diffode._utils import Number, as_time, expand_to
-from diffode.models.parameterizations import Scaled
+from diffode.models.parameterizations import Deferred, Scaled
 from diffode.schedules.base import NoiseSchedule, TimePoint
 
 __all__ = ["Predictor", "resolve_point"]
@@ -57,6 +57,13 @@ class Predictor(abc.ABC):
     @abc.abstractmethod
     def predict(self, x: Tensor, point: TimePoint, kind: str) -> Scaled:
         """The ``"noise"`` or ``"data"`` prediction at ``x`` and ``point``, as a :class:`Scaled` tensor."""
+
+    def predict_deferred(self, x: Tensor, point: TimePoint, kind: str) -> Scaled | Deferred:
+        """:meth:`predict`, or a :class:`~diffode.models.parameterizations.Deferred` prediction whose
+        conversion the update that uses it can fuse into its own pass (integrators ask for this).
+        This default computes the prediction; :class:`~diffode.models.wrapper.ModelWrapper` defers.
+        """
+        return self.predict(x, point, kind)
 
     def predict_mixed(self, x: Tensor, point: TimePoint, kind: str, network_dtype: torch.dtype) -> Scaled:
         """:meth:`predict` with the network run in ``network_dtype`` while ``x`` and the result stay in ``x.dtype``.

@@ -10,7 +10,7 @@ from torch import Tensor
 
 from diffode._utils import Number, check_choice, check_finite_number
 from diffode.models.guidance import ClassifierFreeGuidance, ClassifierGuidance
-from diffode.models.parameterizations import Parameterization, Scaled, get_parameterization
+from diffode.models.parameterizations import Deferred, Parameterization, Scaled, get_parameterization
 from diffode.models.predictor import Predictor
 from diffode.schedules.base import NoiseSchedule, TimePoint
 
@@ -112,6 +112,14 @@ class ModelWrapper(Predictor):
 
     def predict(self, x: Tensor, point: TimePoint, kind: str) -> Scaled:
         return self._convert(self.forward(x, point.t), x, point, kind)
+
+    def predict_deferred(self, x: Tensor, point: TimePoint, kind: str) -> Scaled | Deferred:
+        """The prediction at a host time point, its conversion deferred when it needs ``x``."""
+        if not isinstance(point.alpha, float):
+            return self.predict(x, point, kind)
+        out = self.forward(x, point.t)
+        a, b = self.parameterization.affine(kind, point.alpha, point.sigma)
+        return Scaled(out, b) if a == 0.0 else Deferred(x, a, out, b)
 
     def predict_mixed(self, x: Tensor, point: TimePoint, kind: str, network_dtype: torch.dtype) -> Scaled:
         # Only the network runs in its dtype: the conversion to the noise or data prediction divides
