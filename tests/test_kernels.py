@@ -317,6 +317,89 @@ def test_a_network_output_that_anyone_else_can_see_is_never_overwritten(monkeypa
 
 
 # ---------------------------------------------------------------------------------------------
+# Recycling finished states (kernels.recycling, used by solve)
+# ---------------------------------------------------------------------------------------------
+
+@needs_extension
+def test_recycler_keeps_only_what_nothing_else_can_see():
+    with kernels.recycling() as recycler:
+        alone = torch.randn(4, 5)
+        assert recycler.give(alone)
+        listed = torch.randn(4, 5)
+        holders = [listed]
+        assert not recycler.give(listed)
+        viewed = torch.randn(4, 5)
+        view = viewed[1:]
+        assert not recycler.give(viewed)
+        assert not recycler.give(torch.randn(4, 5).t().contiguous().t())  # not contiguous
+        assert not recycler.give(torch.randn(3, requires_grad=True))
+        assert not recycler.give(torch.randn(3).half())
+        reused = kernels.linear_combination(torch.randn(4, 5), 1.0, [])
+        assert reused.data_ptr() == alone.data_ptr()
+        del holders, view
+    with kernels.use_kernels(False), kernels.recycling() as recycler:
+        assert not recycler.give(torch.randn(4, 5))  # switched off: plain allocation, as before
+
+
+class SpareCounter:
+    def __init__(self, monkeypatch):
+        self.real, self.reused = kernels.spare_like, 0
+        monkeypatch.setattr(kernels, "spare_like", self)
+
+    def __call__(self, x):
+        spare = self.real(x)
+        self.reused += spare is not None
+        return spare
+
+
+@needs_extension
+@pytest.mark.parametrize("name", ["dpmpp_2m", "dpmpp_3m", "dpmpp_3s", "ddim", "dpm_2m"])
+def test_solve_recycles_finished_states_and_changes_no_result(monkeypatch, name):
+    schedule, net, x = _eps_problem()
+    times = torch.linspace(1.0, schedule.default_t_end, 9, dtype=torch.float64).tolist()
+    counter = SpareCounter(monkeypatch)
+    model = dd.wrap(net, schedule, time_input="continuous")
+    got = dd.solve(model, x, name, times, return_intermediate=False).x
+    assert counter.reused >= 6  # every step after the first two writes into a finished state
+    with kernels.use_kernels(False):
+        eager = dd.solve(model, x, name, times).x
+    torch.testing.assert_close(got, eager, rtol=1e-5, atol=1e-5)
+
+
+@needs_extension
+def test_states_anyone_else_holds_are_never_recycled(monkeypatch):
+    schedule, net, x = _eps_problem()
+    x_before = x.clone()
+    times = torch.linspace(1.0, schedule.default_t_end, 7, dtype=torch.float64).tolist()
+    seen_by_network, seen_by_callback = [], []
+
+    def network(x_in, t):
+        seen_by_network.append((x_in, x_in.clone()))
+        return net(x_in, t)
+
+    def callback(x_t, t, step):
+        seen_by_callback.append((x_t, x_t.clone()))
+        return x_t
+
+    model = dd.wrap(network, schedule, time_input="continuous")
+    counter = SpareCounter(monkeypatch)
+    solution = dd.solve(model, x, "dpmpp_2m", times, return_intermediate=True, correcting_xt_fn=callback)
+    assert counter.reused == 0
+    assert torch.equal(x, x_before)
+    assert all(torch.equal(kept, copy) for kept, copy in seen_by_network + seen_by_callback)
+    assert len({t.data_ptr() for t in solution.intermediates}) == len(solution.intermediates)
+    with kernels.use_kernels(False):
+        eager = dd.solve(model, x, "dpmpp_2m", times, return_intermediate=True)
+    for a, b in zip(solution.intermediates, eager.intermediates):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    # Only the network keeping its inputs: still nothing recycled, every kept input intact.
+    seen_by_network.clear()
+    dd.solve(model, x, "dpmpp_3m", times)
+    assert counter.reused == 0
+    assert all(torch.equal(kept, copy) for kept, copy in seen_by_network)
+
+
+# ---------------------------------------------------------------------------------------------
 # CUDA: the jiterator kernel (run by scripts/gpu_check.py where a GPU is lent)
 # ---------------------------------------------------------------------------------------------
 

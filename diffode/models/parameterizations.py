@@ -19,6 +19,7 @@ from typing import ClassVar, NamedTuple
 import torch
 from torch import Tensor
 
+from diffode import kernels
 from diffode._utils import check_choice
 
 __all__ = ["Data", "Deferred", "Noise", "Parameterization", "Scaled", "Score", "Velocity", "get_parameterization"]
@@ -109,9 +110,13 @@ def _combine(x: Tensor, out: Tensor, a: Coeff, b: Coeff) -> Scaled:
         return Scaled(out * b + x * a)
     if a == 0.0:
         return Scaled(out, b)
-    if abs(a) >= abs(b):
-        return Scaled(torch.add(x, out, alpha=b / a), a)
-    return Scaled(torch.add(out, x, alpha=a / b), b)
+    u, w, c, scale = (x, out, b / a, a) if abs(a) >= abs(b) else (out, x, a / b, b)
+    recyclable = out.shape == x.shape and out.dtype == x.dtype and not (
+        torch.is_grad_enabled() and (x.requires_grad or out.requires_grad))
+    spare = kernels.spare_like(x) if recyclable else None
+    if spare is None:
+        return Scaled(torch.add(u, w, alpha=c), scale)
+    return Scaled(torch.add(u, w, alpha=c, out=spare), scale)
 
 
 def _sole_slot_refcount() -> int:
