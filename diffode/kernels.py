@@ -128,31 +128,25 @@ def use_kernels(flag: bool) -> Iterator[None]:
 def _fusable(x: Tensor, a: float | Tensor, terms: Sequence[tuple[Tensor, float | Tensor]]) -> bool:
     """Whether the combination may take a fused path: switched on, float coefficients, plain tensors
     of one dtype (float32 or float64), device and shape, no gradient, and the device's own rules."""
-    if not _switched_on or len(terms) >= _MAX_TENSORS or isinstance(a, Tensor):
+    if not _switched_on or len(terms) >= _MAX_TENSORS or isinstance(a, Tensor) or type(x) is not Tensor:
         return False
-    if type(x) is not Tensor or x.dtype not in _ITEMSIZE:
-        return False
-    n = x.numel()
-    if n == 0:
-        return False
-    if x.is_cpu:
-        if _combine is None or not x.is_contiguous() or (n >= PARALLEL_GRAIN and torch.get_num_threads() != 1):
-            return False
-        contiguous = True
-    elif x.is_cuda:
-        if _jiterator is None:
-            return False
-        contiguous = False
-    else:
+    dtype, n = x.dtype, x.numel()
+    if dtype not in _ITEMSIZE or n == 0:
         return False
     grad = torch.is_grad_enabled()
     if grad and x.requires_grad:
         return False
-    shape, dtype, device = x.shape, x.dtype, x.device
+    cpu = x.is_cpu
+    if cpu:
+        if _combine is None or not x.is_contiguous() or (n >= PARALLEL_GRAIN and torch.get_num_threads() != 1):
+            return False
+    elif not x.is_cuda or _jiterator is None:
+        return False
+    shape, device = x.shape, x.device
     for tensor, c in terms:
         if (type(tensor) is not Tensor or isinstance(c, Tensor) or tensor.dtype != dtype or tensor.shape != shape
-                or (grad and tensor.requires_grad) or tensor.device != device
-                or (contiguous and not tensor.is_contiguous())):
+                or (grad and tensor.requires_grad)
+                or (not (tensor.is_cpu and tensor.is_contiguous()) if cpu else tensor.device != device)):
             return False
     return True
 
@@ -236,19 +230,24 @@ def convert_and_combine(x: Tensor, a: float, terms: Sequence[tuple[Tensor, float
         The combination (a new tensor), with ``w`` now holding $m$; or ``None``, with nothing
         computed or changed, where the fused CPU path does not apply.
     """
-    live = [(t, float(c)) for t, c in terms if c != 0.0]
-    if len(live) + 3 > _MAX_TENSORS or not x.is_cpu or isinstance(weight, Tensor) or isinstance(cu, Tensor) \
-            or isinstance(cw, Tensor) or not _fusable(x, a, [*live, (u, 1.0), (w, 1.0)]):
+    if (not x.is_cpu or isinstance(weight, Tensor) or isinstance(cu, Tensor) or isinstance(cw, Tensor)
+            or not _fusable(x, a, (*terms, (u, 1.0), (w, 1.0)))):
         return None
-    inputs = [x] if u is x else [x, u]
-    inputs += [w, *[t for t, _ in live]]
-    coefficients = [float(a)] + ([] if u is x else [0.0]) + [0.0] + [c for _, c in live]
-    conversion = [float(cu)] + ([] if u is x else [0.0]) + [float(cw)] + [0.0] * len(live)
-    if u is not x:
-        conversion[0], conversion[1] = 0.0, float(cu)
+    if u is x:
+        addresses, coefficients, conversion = [x.data_ptr(), w.data_ptr()], [float(a), 0.0], [float(cu), float(cw)]
+    else:
+        addresses = [x.data_ptr(), u.data_ptr(), w.data_ptr()]
+        coefficients, conversion = [float(a), 0.0, 0.0], [0.0, float(cu), float(cw)]
+    for tensor, c in terms:
+        if c != 0.0:
+            addresses.append(tensor.data_ptr())
+            coefficients.append(float(c))
+            conversion.append(0.0)
+    if len(addresses) > _MAX_TENSORS:
+        return None
     out = _new_like(x)
-    _combine.combine(out.data_ptr(), x.numel(), _ITEMSIZE[x.dtype], tuple(t.data_ptr() for t in inputs),
-                     tuple(coefficients), w.data_ptr(), tuple(conversion), float(weight))
+    _combine.combine(out.data_ptr(), x.numel(), _ITEMSIZE[x.dtype], tuple(addresses), tuple(coefficients),
+                     w.data_ptr(), tuple(conversion), float(weight))
     return out
 
 
