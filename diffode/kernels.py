@@ -59,8 +59,8 @@ try:  # PyTorch's runtime-compiled elementwise CUDA kernels (NVRTC), in every CU
 except ImportError:
     _jiterator = None
 
-__all__ = ["PARALLEL_GRAIN", "Recycler", "available", "convert_and_combine", "cuda_available", "enabled",
-           "linear_combination", "recycling", "set_enabled", "spare_like", "use_kernels"]
+__all__ = ["PARALLEL_GRAIN", "Recycler", "available", "convert_and_combine", "converts_in_place", "cuda_available",
+           "enabled", "linear_combination", "recycling", "set_enabled", "spare_like", "use_kernels"]
 
 #: PyTorch's grain for parallel elementwise operations (``at::internal::GRAIN_SIZE``): smaller
 #: tensors run on one thread in eager PyTorch too, so the single-threaded kernel never loses there.
@@ -203,6 +203,12 @@ def _eager(x: Tensor, a: float | Tensor, terms: Sequence[tuple[Tensor, float | T
         else:
             out.add_(tensor, alpha=c)
     return out
+
+
+def converts_in_place(x: Tensor) -> bool:
+    """Whether :func:`convert_and_combine` can run for a state like ``x`` at all (the fused CPU path
+    is built and switched on and ``x`` is on the CPU): a cheap test before the ownership checks."""
+    return _switched_on and _combine is not None and x.is_cpu
 
 
 def convert_and_combine(x: Tensor, a: float, terms: Sequence[tuple[Tensor, float]], u: Tensor, cu: float,

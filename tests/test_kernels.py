@@ -43,8 +43,15 @@ def reference(x, a, terms):
 
 
 def test_extension_built_where_a_compiler_exists():
-    # setup.py builds the extension when diffode is installed; a machine with a C compiler (CI's)
-    # must have it, or the suite would silently test the eager path only.
+    # setup.py builds the extension when diffode is installed; an installed diffode on a machine
+    # with a C compiler (CI's) must have it, or the suite would silently test the eager path only.
+    # (A checkout used through PYTHONPATH, never installed, has nothing built.)
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    try:
+        distribution("diffode")
+    except PackageNotFoundError:
+        pytest.skip("diffode is not installed (used from a checkout): setup.py never ran")
     if shutil.which("cc") or shutil.which("gcc"):
         assert kernels.available()
 

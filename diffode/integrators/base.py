@@ -13,7 +13,7 @@ from torch import Tensor
 
 from diffode._utils import check_choice
 from diffode.integrators.coefficients import linear_coefficients, update_weights
-from diffode.kernels import convert_and_combine, linear_combination
+from diffode.kernels import convert_and_combine, converts_in_place, linear_combination
 from diffode.models.parameterizations import Deferred, Scaled
 from diffode.models.predictor import Predictor
 from diffode.schedules.base import NoiseSchedule, TimePoint, memoised
@@ -97,10 +97,10 @@ def exponential_update(x: Tensor, s: TimePoint, t: TimePoint, values: Sequence[S
     """
     a, b, z = linear_coefficients(s, t, predict)
     weights = step_weights(t.lam - s.lam, nodes, z, solver_type, factors)
-    terms, pending = [], None
+    terms, pending, fusable = [], None, converts_in_place(x)
     for w, v in zip(weights, values):
         if type(v) is Deferred:
-            if pending is None and not v.settled and v.output_is_exclusive():
+            if fusable and pending is None and not v.settled and v.output_is_exclusive():
                 pending = (v, b * w)
                 continue
             v = v.scaled()
