@@ -75,7 +75,7 @@ _MAX_TENSORS = 8 if _combine is None else _combine.MAX_TERMS
 def _from_environment() -> bool:
     value = os.environ.get(ENV_VAR, "1").strip().lower()
     if value not in _ENV_VALUES:
-        raise ValueError(f"{ENV_VAR} must be one of {sorted(_ENV_VALUES)} (1/on to use the fused CPU kernel, "
+        raise ValueError(f"{ENV_VAR} must be one of {sorted(_ENV_VALUES)} (1/on to use the fused kernels, "
                          f"0/off for eager PyTorch only), got {os.environ[ENV_VAR]!r}")
     return _ENV_VALUES[value]
 
@@ -342,10 +342,10 @@ if getattr(sys, "_is_gil_enabled", lambda: True)() and hasattr(Tensor, "_use_cou
 
 @contextmanager
 def recycling() -> Iterator[Recycler]:
-    """A block in which finished states given to the :class:`Recycler` are reused by the fused
-    updates of this thread (a no-op recycler when the fused kernels are off or unavailable)."""
+    """A block in which finished states given to the :class:`Recycler` are reused by the updates of
+    this thread (a no-op recycler while the kernels are switched off)."""
     previous = getattr(_local, "spares", None)
-    spares: list | None = [] if enabled() else None
+    spares: list | None = [] if _switched_on else None
     _local.spares = spares
     try:
         yield Recycler(spares)
