@@ -90,7 +90,6 @@ class DPMSolverMultistep(ExponentialIntegrator):
             factors = self.update_factors(len(used), -h if self.predict == "data" else h)
             x_t = exponential_update(x, s, t, [p.value for p in used], nodes, self.predict,
                                      self.solver_type, factors)
-        history = (*state.history, History(s.lam, settled(m_s)))
-        keep = max(self.order - 1, 0)
-        new_state = State(history=history[len(history) - keep:] if keep else (), step_index=state.step_index + 1)
-        return StepResult(x=x_t, state=new_state, nfe=nfe)
+        keep = max(self.order - 1, 0)  # outputs the next steps use (a deferred one is computed by now)
+        history = (*state.history, History(s.lam, settled(m_s)))[-keep:] if keep else ()
+        return StepResult(x=x_t, state=State(history=history, step_index=state.step_index + 1), nfe=nfe)

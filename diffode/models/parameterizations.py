@@ -83,7 +83,7 @@ class Deferred:
     def scaled(self) -> Scaled:
         """The prediction as a :class:`Scaled` tensor, computed on first use."""
         if self._value is None:
-            self.settle(_combine(self.x, self.out, self.a, self.b))
+            self.settle(_affine_value(self.x, self.out, self.a, self.b))
         return self._value
 
     def output_is_exclusive(self) -> bool:
@@ -104,12 +104,12 @@ class Deferred:
         return f"Deferred({state})"
 
 
-def _combine(x: Tensor, out: Tensor, a: Coeff, b: Coeff) -> Scaled:
+def _affine_value(x: Tensor, out: Tensor, a: Coeff, b: Coeff) -> Scaled:
     r"""$a\,x + b\,\mathrm{out}$ as one fused operation (scaled by the larger coefficient)."""
-    if isinstance(a, Tensor) or isinstance(b, Tensor):
-        return Scaled(out * b + x * a)
-    if a == 0.0:
+    if not isinstance(a, Tensor) and a == 0.0:
         return Scaled(out, b)
+    if isinstance(a, Tensor) or isinstance(b, Tensor):  # per-sample times: off the fixed-grid hot path
+        return Scaled(out * b + x * a)
     u, w, c, scale = (x, out, b / a, a) if abs(a) >= abs(b) else (out, x, a / b, b)
     recyclable = out.shape == x.shape and out.dtype == x.dtype and not (
         torch.is_grad_enabled() and (x.requires_grad or out.requires_grad))
@@ -153,12 +153,12 @@ class Parameterization(abc.ABC):
     def noise(self, out: Tensor, x: Tensor, alpha: Coeff, sigma: Coeff) -> Scaled:
         """The noise prediction $\\hat\\epsilon$ from the network output."""
         a, b = self.affine("noise", alpha, sigma)
-        return _combine(x, out, a, b)
+        return _affine_value(x, out, a, b)
 
     def data(self, out: Tensor, x: Tensor, alpha: Coeff, sigma: Coeff) -> Scaled:
         """The data prediction $\\hat x_0$ from the network output."""
         a, b = self.affine("data", alpha, sigma)
-        return _combine(x, out, a, b)
+        return _affine_value(x, out, a, b)
 
     @abc.abstractmethod
     def from_noise(self, eps: Tensor, x: Tensor, alpha: Coeff, sigma: Coeff) -> Tensor:
