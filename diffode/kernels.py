@@ -29,7 +29,9 @@ Fused and eager results agree to rounding (each rounds every product and sum, po
 order); ``tests/test_kernels.py`` checks both against float64 arithmetic. The fused CPU pass
 computes every element alike, so a sample's result does not depend on the batch around it.
 
-Two more savings on the CPU, both taken only when nothing else can observe them:
+Two more savings on the CPU, both taken only when nothing else can observe them (checked with
+reference and use counts, :data:`OWNERSHIP_CHECKS`; on interpreters where those are not verified,
+CPython before 3.10 or after 3.13 and free-threaded builds, they are skipped):
 
 * a noise-predicting network's output converted to the data prediction inside the update that
   first uses it (:func:`convert_and_combine`), written into the output's own memory;
@@ -59,12 +61,21 @@ try:  # PyTorch's runtime-compiled elementwise CUDA kernels (NVRTC), in every CU
 except ImportError:
     _jiterator = None
 
-__all__ = ["PARALLEL_GRAIN", "Recycler", "available", "convert_and_combine", "converts_in_place", "cuda_available",
-           "enabled", "linear_combination", "recycling", "set_enabled", "spare_like", "use_kernels"]
+__all__ = ["OWNERSHIP_CHECKS", "PARALLEL_GRAIN", "Recycler", "available", "convert_and_combine", "converts_in_place",
+           "cuda_available", "enabled", "linear_combination", "recycling", "set_enabled", "spare_like", "use_kernels"]
 
 #: PyTorch's grain for parallel elementwise operations (``at::internal::GRAIN_SIZE``): smaller
 #: tensors run on one thread in eager PyTorch too, so the single-threaded kernel never loses there.
 PARALLEL_GRAIN = 32768
+
+#: Whether this interpreter supports the ownership tests (``Deferred.output_is_exclusive`` in
+#: :mod:`diffode.models.parameterizations`, :class:`Recycler`): CPython 3.10 to 3.13 with the GIL,
+#: whose reference counts were checked against these tests (also after the adaptive interpreter
+#: specialises the code), and PyTorch's use counts. Elsewhere the tests answer "not exclusive":
+#: no conversion in place, no recycled state, the same results.
+OWNERSHIP_CHECKS = (sys.implementation.name == "cpython" and (3, 10) <= sys.version_info[:2] <= (3, 13)
+                    and getattr(sys, "_is_gil_enabled", lambda: True)() and hasattr(Tensor, "_use_count")
+                    and hasattr(torch._C, "_storage_Use_Count"))
 
 ENV_VAR = "DIFFODE_KERNELS"
 _ENV_VALUES = {"1": True, "on": True, "true": True, "yes": True, "0": False, "off": False, "false": False, "no": False}
@@ -281,18 +292,12 @@ def _new_like(x: Tensor) -> Tensor:
     return torch.empty_like(x, memory_format=torch.contiguous_format) if spare is None else spare
 
 
-def _refcount(tensor: Tensor) -> int:
-    return sys.getrefcount(tensor)
-
-
 def _refcount_of_one_local() -> int:
     # What Recycler.count reports inside Recycler.give for a tensor that the caller of give holds in
-    # exactly one local variable: measured along the same call path on this interpreter (the
-    # number differs between Python versions).
-    def caller(probe):
-        return Recycler([])._count_as_give_does(probe)
-
-    return caller(torch.empty(1))
+    # exactly one local variable, measured along the same call path (the number differs between
+    # CPython versions): a local variable, passed to a method that passes it to count.
+    probe = torch.empty(1)
+    return Recycler(None)._count_as_give_does(probe)
 
 
 class Recycler:
@@ -314,7 +319,8 @@ class Recycler:
 
     @staticmethod
     def count(tensor: Tensor) -> int:
-        return _refcount(tensor)
+        """``sys.getrefcount`` of ``tensor``, as :meth:`give` sees it."""
+        return sys.getrefcount(tensor)
 
     def _count_as_give_does(self, tensor: Tensor) -> int:
         return Recycler.count(tensor)
@@ -335,8 +341,7 @@ class Recycler:
         return True
 
 
-if getattr(sys, "_is_gil_enabled", lambda: True)() and hasattr(Tensor, "_use_count") \
-        and hasattr(torch._C, "_storage_Use_Count"):
+if OWNERSHIP_CHECKS:
     Recycler._ONE_LOCAL = _refcount_of_one_local()
 
 

@@ -348,6 +348,34 @@ def test_recycler_keeps_only_what_nothing_else_can_see():
         assert not recycler.give(torch.randn(4, 5))  # switched off: plain allocation, as before
 
 
+@pytest.mark.skipif(not kernels.OWNERSHIP_CHECKS, reason="this interpreter has no ownership tests")
+def test_ownership_tests_stay_exact_after_the_interpreter_specialises_them():
+    """CPython's adaptive interpreter rewrites hot code; the calibrated reference counts must still
+    tell "only we hold it" from "someone else does too", in both directions, on every call."""
+    from diffode.models.parameterizations import Deferred
+
+    wrong = []
+    for i in range(3000):
+        recycler = kernels.Recycler([])
+        finished = torch.empty(2)
+        if not recycler.give(finished):
+            wrong.append(("sole local refused", i))
+        held = torch.empty(2)
+        holders = [held]
+        if recycler.give(held):
+            wrong.append(("held state recycled", i))
+        d = Deferred(finished, 1.0, torch.empty(2), 1.0)
+        exclusive = d.output_is_exclusive()
+        if not exclusive:
+            wrong.append(("sole output refused", i))
+        kept = d.out
+        exclusive = d.output_is_exclusive()
+        if exclusive:
+            wrong.append(("kept output overwritable", i))
+        del holders, kept
+    assert not wrong, wrong[:5]
+
+
 class SpareCounter:
     def __init__(self, monkeypatch):
         self.real, self.reused = kernels.spare_like, 0

@@ -93,11 +93,14 @@ class Deferred:
         recorded nothing. Conservative: ``False`` when unsure, and the prediction then goes to new
         memory."""
         out = self.out
-        if out is None or type(out) is not Tensor or out.requires_grad or out._base is not None:
+        if not kernels.OWNERSHIP_CHECKS or out is None or type(out) is not Tensor or out.requires_grad or out._base is not None:
             return False
         del out
-        return (_OWNERSHIP_CHECKS and sys.getrefcount(self.out) == _SOLE_SLOT_REFCOUNT and self.out._use_count() == 1
+        return (self._out_refcount() == _SOLE_SLOT_REFCOUNT and self.out._use_count() == 1
                 and torch._C._storage_Use_Count(self.out.untyped_storage()._cdata) == 2)
+
+    def _out_refcount(self) -> int:
+        return sys.getrefcount(self.out)
 
     def __repr__(self) -> str:
         state = "settled" if self.settled else f"a={self.a!r}, b={self.b!r}"
@@ -120,18 +123,12 @@ def _affine_value(x: Tensor, out: Tensor, a: Coeff, b: Coeff) -> Scaled:
 
 
 def _sole_slot_refcount() -> int:
-    # What sys.getrefcount reports, inside Deferred.output_is_exclusive, for an output that only
-    # the Deferred holds: measured on this interpreter rather than assumed (it differs between
-    # CPython versions).
+    # What Deferred._out_refcount reports for an output that only the Deferred holds, measured along
+    # the very call path output_is_exclusive uses (the number differs between CPython versions).
     probe = Deferred(torch.empty(0), 0.0, torch.empty(1), 1.0)
-    out = probe.out
-    del out
-    return sys.getrefcount(probe.out)
+    return probe._out_refcount()
 
 
-# The ownership test needs the GIL's refcount semantics and PyTorch's use counts.
-_OWNERSHIP_CHECKS = (getattr(sys, "_is_gil_enabled", lambda: True)() and hasattr(Tensor, "_use_count")
-                     and hasattr(torch._C, "_storage_Use_Count"))
 _SOLE_SLOT_REFCOUNT = _sole_slot_refcount()
 
 
