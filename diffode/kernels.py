@@ -287,9 +287,9 @@ def spare_like(x: Tensor) -> Tensor | None:
 
 
 def _new_like(x: Tensor) -> Tensor:
-    """A new contiguous tensor like ``x``: recycled memory if there is some, else fresh memory."""
+    """A new tensor like the contiguous ``x``: recycled memory if there is some, else fresh memory."""
     spare = spare_like(x)
-    return torch.empty_like(x, memory_format=torch.contiguous_format) if spare is None else spare
+    return torch.empty_like(x) if spare is None else spare
 
 
 def _refcount_of_one_local() -> int:
