@@ -21,8 +21,11 @@
 
 #define MAX_TERMS 8
 
-/* Several instruction sets, picked at load time by the CPU (GCC's function multiversioning). */
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+/* Several instruction sets, picked at load time by the CPU (GCC's function multiversioning).
+   DIFFODE_NO_MULTIVERSION builds one version for the compiler's target instead (the tests build
+   each instruction set that way and compare the results bit for bit). */
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__) && \
+    !defined(DIFFODE_NO_MULTIVERSION)
 #define MULTIVERSION __attribute__((target_clones("avx512f", "avx2", "default")))
 #else
 #define MULTIVERSION

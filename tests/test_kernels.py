@@ -502,3 +502,59 @@ def test_cuda_solvers_fused_or_eager_agree_without_host_syncs(counting_cuda, nam
     with kernels.use_kernels(False):
         eager = dd.solve(model, x, name, times).x
     torch.testing.assert_close(fused, eager, rtol=1e-5, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------
+# Every instruction set of the C kernel gives the same bits
+# ---------------------------------------------------------------------------------------------
+
+def _build_variant(tmp_path, march):
+    import importlib.util
+    import platform
+    import sysconfig
+    from pathlib import Path
+
+    source = Path(kernels.__file__).with_name("_combine.c")
+    include = sysconfig.get_paths()["include"]
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if platform.machine() != "x86_64" or not source.exists() or compiler is None \
+            or not Path(include, "Python.h").exists():
+        pytest.skip("needs x86-64, the kernel's source, a C compiler and Python's headers")
+    target = tmp_path / march / f"_combine{sysconfig.get_config_var('EXT_SUFFIX')}"
+    target.parent.mkdir()
+    build = subprocess.run([compiler, "-O3", "-ffp-contract=off", "-fPIC", "-shared", "-DDIFFODE_NO_MULTIVERSION",
+                            f"-march={march}", f"-I{include}", str(source), "-o", str(target)],
+                           capture_output=True, text=True)
+    if build.returncode != 0:
+        pytest.skip(f"the compiler cannot build for -march={march}: {build.stderr.strip()[:200]}")
+    spec = importlib.util.spec_from_file_location("_combine", target)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@needs_extension
+@pytest.mark.parametrize("march", ["x86-64", "x86-64-v3"])  # SSE2 only; AVX2 and FMA available
+def test_every_instruction_set_gives_the_same_bits(tmp_path, march):
+    """The installed extension runs the clone for this CPU (AVX-512 where there is one); a baseline
+    and an AVX2 build of the same source must give identical bits: no multiply-add contraction and
+    the same order of operations in vector loops and remainders."""
+    variant = _build_variant(tmp_path, march)
+    g = torch.Generator().manual_seed(3)
+    for dtype, itemsize in ((torch.float32, 4), (torch.float64, 8)):
+        for k in range(1, 9):
+            for n in (1, 13, 1000, 4099):
+                ins = [torch.randn(n, generator=g, dtype=dtype) for _ in range(k)]
+                coefficients = tuple(float(c) for c in torch.randn(k, generator=g, dtype=torch.float64))
+                conversion = tuple(float(c) for c in torch.randn(k, generator=g, dtype=torch.float64))
+                outs = []
+                for module in (kernels._combine, variant):
+                    out, conv = torch.empty(n, dtype=dtype), ins[-1].clone()
+                    module.combine(out.data_ptr(), n, itemsize, tuple(t.data_ptr() for t in ins), coefficients)
+                    both = torch.empty(n, dtype=dtype)
+                    inputs = (*ins[:-1], conv)  # the conversion overwrites its last input, as in place
+                    module.combine(both.data_ptr(), n, itemsize, tuple(t.data_ptr() for t in inputs), coefficients,
+                                   conv.data_ptr(), conversion, 0.7)
+                    outs.append((out, both, conv))
+                for a, b in zip(*outs):
+                    assert torch.equal(a, b), (dtype, k, n)
