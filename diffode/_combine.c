@@ -10,6 +10,10 @@
  * compiles with -ffp-contract=off): every element is computed alike, in the vector loop and in its
  * scalar remainder, so a sample's result does not depend on its place in the batch.
  *
+ * With a conversion (a network output turned into the prediction the update needs), the same pass
+ * also computes conv[i] = sum_j b_j in_j[i], stores it (possibly over one of the inputs: the
+ * network output, converted in place) and adds g * conv[i] to out[i].
+ *
  * The Python side (diffode/kernels.py) checks dtypes, devices, contiguity and shapes and passes raw
  * addresses: this file trusts them. Built at install time as an optional extension (setup.py);
  * without it diffode runs the same arithmetic with eager tensor operations.
