@@ -95,6 +95,15 @@ def write_results(name: str, markdown: str) -> str:
     return path
 
 
+def report(sections: list[str], name: str, write: bool) -> str:
+    """Join a benchmark's markdown sections, print them, and write ``results/<name>.md`` if ``write``."""
+    text = "\n".join(sections)
+    print(text)
+    if write:
+        print(f"wrote {write_results(name, text)}", file=sys.stderr)
+    return text
+
+
 def load_diffusers():
     """The diffusers module, or None when it is not installed."""
     try:

@@ -294,10 +294,7 @@ def main(argv=None) -> int:
     for name in args.schedules:
         problem, rows, adaptive, seconds = benchmark(name, args.batch, args.seed, quiet=args.quiet)
         sections += [render(name, problem, rows, adaptive, seconds), ""]
-    text = "\n".join(sections)
-    print(text)
-    if not args.no_write:
-        print(f"wrote {_common.write_results('accuracy', text)}", file=sys.stderr)
+    _common.report(sections, "accuracy", not args.no_write)
     return 0
 
 

@@ -70,10 +70,7 @@ def main(argv=None) -> int:
                      "Multistep order 3 (fitted slope >= 2.75): "
                      + ", ".join(f"{r.label} {r.slope:.2f}" for r in third) + (" -- met" if ok else " -- MISSED"),
                      "", f"({time.perf_counter() - start:.0f} s)", ""]
-    text = "\n".join(sections)
-    print(text)
-    if not args.no_write:
-        print(f"wrote {_common.write_results('convergence', text)}", file=sys.stderr)
+    _common.report(sections, "convergence", not args.no_write)
     return 0 if all_ok else 1
 
 

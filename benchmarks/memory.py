@@ -159,10 +159,7 @@ def main(argv=None) -> int:
                 del result
             rows.append(row)
         sections += [f"### x: float32 {shape} on {args.device}", "", markdown_table(header, rows), ""]
-    text = "\n".join(sections)
-    print(text)
-    if not args.no_write:
-        print(f"wrote {_common.write_results(args.name, text)}", file=sys.stderr)
+    _common.report(sections, args.name, not args.no_write)
     return 0
 
 

@@ -257,10 +257,7 @@ def main(argv=None) -> int:
         sections += [text, "", "Peer overhead / diffode overhead (higher is better for diffode):", "",
                      markdown_table(["diffode", "peer", "peer / diffode"], comparisons(per_step)), ""]
         print(text, file=sys.stderr)
-    text = "\n".join(sections)
-    print(text)
-    if not args.no_write:
-        print(f"wrote {_common.write_results(args.name, text)}", file=sys.stderr)
+    _common.report(sections, args.name, not args.no_write)
     return 0
 
 
