@@ -80,9 +80,6 @@ def environment() -> str:
             parts.append(f"{name.replace('_', '-')} {version(name.replace('_', '-'))}")
         except Exception:
             parts.append(f"{name} not installed")
-    from diffode import kernels
-
-    parts.append(f"diffode's CPU kernel {'built' if kernels.available() else 'not built'}")
     if torch.cuda.is_available():
         parts.append(f"GPU {torch.cuda.get_device_name()}")
     return "; ".join(parts)

@@ -27,7 +27,7 @@ from torch.utils._pytree import tree_flatten
 import _common
 from _common import markdown_table
 import diffode as dd
-from diffode import kernels, study
+from diffode import study
 from diffode.integrators.grids import get_grid
 from diffode.models.builtin import ddpm_betas
 
@@ -87,13 +87,11 @@ def runners(shape, device, kd, diffusers):
     out = []
     for name, k in (("ddim", 1), ("dpmpp_2m", 2), ("dpmpp_3m", 3), ("dpm_2m", 2), ("dpm_3m", 3), ("dpmpp_3s", None)):
         integrator = study.configure_integrator(name)
-        # as installed (the fused update where it applies) and with eager PyTorch only
-        for fused, suffix in ((True, ""), (False, " (eager)")):
-            def run(integrator=integrator, fused=fused):
-                with kernels.use_kernels(fused):
-                    return dd.solve(model, x, integrator, grid.times(schedule, 1.0, schedule.default_t_end, STEPS)).x
 
-            out.append((f"diffode {name}{suffix}", k, run))
+        def run(integrator=integrator):
+            return dd.solve(model, x, integrator, grid.times(schedule, 1.0, schedule.default_t_end, STEPS)).x
+
+        out.append((f"diffode {name}", k, run))
     if diffusers is not None:
         diffusers.utils.logging.set_verbosity_error()
         for order in (2, 3):

@@ -32,7 +32,7 @@ import torch
 import _common
 from _common import markdown_table
 import diffode as dd
-from diffode import kernels, study
+from diffode import study
 from diffode.integrators.grids import get_grid
 from diffode.models.builtin import ddpm_betas
 
@@ -105,18 +105,15 @@ def make_runners(shape, device, kd, diffusers, predicts: str) -> tuple[list[Runn
     t_end = schedule.default_t_end
     for name, passes, nfe in (("dpmpp_2m", 4, STEPS), ("dpmpp_3m", 5, STEPS), ("dpmpp_3s", 11, 3 * STEPS)):
         integrator = study.configure_integrator(name)
-        # diffode as installed (the fused update where it applies), and with the fused kernels
-        # switched off (eager PyTorch only), to show what the kernel buys
-        for fused, suffix in ((True, ""), (False, ", eager")):
-            def run(integrator=integrator, fused=fused):
-                with kernels.use_kernels(fused):
-                    return dd.solve(model, x, integrator, grid.times(schedule, 1.0, t_end, STEPS)).x
 
-            label = f"diffode {name} ({tag}{suffix})"
-            if nfe == STEPS:
-                runners.append(Runner(label, "diffode", run, nfe, STEPS, passes))
-            else:
-                runners.append(Runner(label, "diffode", run, nfe, nfe, passes / 3, unit="eval"))
+        def run(integrator=integrator):
+            return dd.solve(model, x, integrator, grid.times(schedule, 1.0, t_end, STEPS)).x
+
+        label = f"diffode {name} ({tag})"
+        if nfe == STEPS:
+            runners.append(Runner(label, "diffode", run, nfe, STEPS, passes))
+        else:
+            runners.append(Runner(label, "diffode", run, nfe, nfe, passes / 3, unit="eval"))
     if diffusers is not None:
         diffusers.utils.logging.set_verbosity_error()
         for order, cls_name, passes in ((2, "DPMSolverMultistepScheduler", 4), (3, "DPMSolverMultistepScheduler", 5),

@@ -397,7 +397,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     g = torch.Generator().manual_seed(args.seed)
     schedule = model.schedule
     x = schedule.prior_sample((args.batch, *shape), generator=g, dtype=torch.float64).to(device, dtype)
-    controller = AdaptiveController(rtol=args.rtol, atol=args.atol) if integrator.error_order is not None else None
+    controller = AdaptiveController(rtol=args.rtol, atol=args.atol) if integrator.adaptive else None
     start = time.perf_counter()
     with torch.no_grad():
         solution = study.sample_nfe(model, x, integrator, args.nfe, grid=args.grid, t_start=args.t_start,

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from diffode._utils import check_finite_number, check_int
+from diffode.schedules.base import NoiseSchedule, TimePoint
 
 __all__ = ["AdaptiveController"]
 
@@ -61,6 +62,12 @@ class AdaptiveController:
         This is the adaptive loop's one host-device synchronisation per step.
         """
         return float(self.errors(x_high, x_low, x_prev).max())
+
+    def next_point(self, schedule: NoiseSchedule, s: TimePoint, h: float, end: TimePoint) -> TimePoint:
+        """Where a step of ``h`` in $\\lambda$ from ``s`` lands: ``end`` itself when the step reaches it."""
+        if abs(h - (end.lam - s.lam)) <= 1e-12 * max(1.0, abs(h)):
+            return end
+        return schedule.point_at_lambda(s.lam + h)
 
     def next_h(self, h: float, error: float, order: int, remaining: float) -> float:
         """The next step, signed like ``remaining`` (the distance left to the end in $\\lambda$)."""

@@ -2,17 +2,20 @@ r"""The sampling loop: one driver for fixed grids and one for adaptive steps.
 
 Both drivers share these guarantees.
 
+* **One loop.** Both drivers only ask the integrator: :meth:`~diffode.integrators.Integrator.plan`
+  (or the given times) says where the steps go and at which order,
+  :meth:`~diffode.integrators.Integrator.step` takes them and counts the model evaluations. No
+  driver knows an integrator family.
 * **Precision.** A float16 or bfloat16 state is integrated in float32: ``x`` is cast up once at the
   start, the network still sees the state in the caller's dtype (through
   :meth:`Predictor.predict_mixed <diffode.models.Predictor.predict_mixed>`, which casts its output
   back up), and the result is cast back to the caller's dtype at the end. Step coefficients and
   schedule values are float64 Python numbers throughout. Other dtypes are integrated as they are.
+* **Memory that is not ours is never written.** Every update writes a new tensor; the model's
+  outputs, the initial state and anything the network keeps stay as they are.
 * **Clear failures.** Arguments are validated before the first model evaluation, every model
   output must have the shape and device of ``x``, and ``check_finite=True`` turns a NaN or an
   infinity into a :class:`NonFiniteError` that names the step, the time and the samples.
-* **Memory.** The fixed-grid loop reuses the memory of a state it has finished with for the next
-  one (:func:`diffode.kernels.recycling`), only when no other reference to that state exists (a
-  list of intermediates, a callback, the network): sampling allocates almost nothing per step.
 * **No host-device synchronisation in the fixed-grid loop.** Every schedule value and step
   coefficient is a Python float computed on the host before or between steps; the loop issues
   tensor operations on ``x`` and the model outputs only. ``check_finite=True`` adds exactly one
@@ -29,15 +32,14 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from diffode import kernels
 from diffode._utils import HALF_DTYPES, NonFiniteError, check_int, check_tensor, nonfinite_samples
 from diffode.controllers import AdaptiveController
-from diffode.integrators.base import Integrator
-from diffode.models.parameterizations import Deferred, Scaled
+from diffode.integrators.base import Integrator, Plan
+from diffode.integrators.registry import get_integrator
 from diffode.models.predictor import Predictor
 from diffode.schedules.base import NoiseSchedule, TimePoint, memoised
 
-__all__ = ["NonFiniteError", "Solution", "denoise", "solve", "solve_adaptive", "working_dtype"]
+__all__ = ["NonFiniteError", "Solution", "check_direction", "denoise", "solve", "solve_adaptive", "working_dtype"]
 
 
 @dataclass
@@ -83,29 +85,19 @@ class _Evaluator(Predictor):
         self.network_dtype = network_dtype
         self.records: list[tuple[float, str, Tensor]] | None = [] if check_finite else None
 
-    def predict(self, x: Tensor, point: TimePoint, kind: str) -> Scaled:
+    def predict(self, x: Tensor, point: TimePoint, kind: str) -> Tensor:
         if self.network_dtype is None:
             out = self.model.predict(x, point, kind)
         else:
             out = self.model.predict_mixed(x, point, kind, self.network_dtype)
-        return self._checked(out, x, point, kind, Scaled)
-
-    def predict_deferred(self, x: Tensor, point: TimePoint, kind: str) -> Scaled | Deferred:
-        if self.network_dtype is not None:
-            return self.predict(x, point, kind)
-        return self._checked(self.model.predict_deferred(x, point, kind), x, point, kind, (Scaled, Deferred))
-
-    def _checked(self, out, x: Tensor, point: TimePoint, kind: str, allowed):
-        if not isinstance(out, allowed):
-            raise TypeError(f"{type(self.model).__name__}.predict must return a diffode.models.Scaled, "
-                            f"got {type(out).__name__}")
-        tensor = out.out if isinstance(out, Deferred) else out.tensor
-        if tensor.shape != x.shape or tensor.device != x.device:
-            raise ValueError(f"the model's {kind} prediction at t={point.t:.6g} has shape {tuple(tensor.shape)} on "
-                             f"{tensor.device}, but x has shape {tuple(x.shape)} on {x.device}; a model must return "
+        if not isinstance(out, Tensor):
+            raise TypeError(f"{type(self.model).__name__}.predict must return a tensor, got {type(out).__name__}")
+        if out.shape != x.shape or out.device != x.device:
+            raise ValueError(f"the model's {kind} prediction at t={point.t:.6g} has shape {tuple(out.shape)} on "
+                             f"{out.device}, but x has shape {tuple(x.shape)} on {x.device}; a model must return "
                              "a tensor of the shape of x on its device")
         if self.records is not None:
-            self.records.append((point.t, kind, torch.isfinite(tensor).reshape(x.shape[0], -1).all(dim=1)))
+            self.records.append((point.t, kind, torch.isfinite(out).reshape(x.shape[0], -1).all(dim=1)))
         return out
 
     def check(self, x: Tensor, step: int, t: float) -> None:
@@ -135,10 +127,27 @@ def _check_model(model: Predictor) -> None:
         raise TypeError(f"model.schedule must be a diffode NoiseSchedule, got {type(getattr(model, 'schedule', None)).__name__}")
 
 
-def _get_integrator(integrator: Integrator | str) -> Integrator:
-    from diffode.integrators.registry import get_integrator
+def check_direction(schedule: NoiseSchedule, t_start: float, t_end: float, direction: int) -> tuple[float, float]:
+    """Validate the ends of a run: inside the schedule's range, > 0, and in the asked direction.
 
-    return get_integrator(integrator)
+    The one check behind :meth:`DPMSolver.sample <diffode.DPMSolver.sample>` (``direction=-1``,
+    noise to data), :meth:`DPMSolver.inverse <diffode.DPMSolver.inverse>` (``+1``) and the
+    command line.
+
+    Returns:
+        ``(t_start, t_end)`` as floats.
+    """
+    t_start = schedule.check_time("t_start", t_start)
+    t_end = schedule.check_time("t_end", t_end)
+    for name, value in (("t_start", t_start), ("t_end", t_end)):
+        if value <= 0.0:
+            raise ValueError(f"{name} must be > 0 (lambda is infinite at t = 0), got {value}")
+    if direction < 0 and not t_start > t_end:
+        raise ValueError(f"sampling needs t_start > t_end, got t_start={t_start}, t_end={t_end}; "
+                         "use inverse() to go from data to noise")
+    if direction > 0 and not t_start < t_end:
+        raise ValueError(f"inverse needs t_start < t_end, got t_start={t_start}, t_end={t_end}")
+    return t_start, t_end
 
 
 def _check_callable(name: str, fn) -> None:
@@ -192,11 +201,11 @@ def _check_orders(orders: Sequence[int], n: int, integrator: Integrator) -> list
     return checked
 
 
-def solve(model: Predictor, x: Tensor, integrator: Integrator | str, times: Sequence[float] | Tensor, *,
-          orders: Sequence[int] | None = None, lower_order_final: bool = False,
+def solve(model: Predictor, x: Tensor, integrator: Integrator | str, times: Plan | Sequence[float] | Tensor, *,
+          orders: Sequence[int] | None = None, lower_order_final: bool | int = False, denoise_to_zero: bool = False,
           correcting_xt_fn: Callable | None = None, return_intermediate: bool = False,
           check_finite: bool = False) -> Solution:
-    """Integrate the probability-flow ODE of ``model`` through the given times.
+    """Integrate the probability-flow ODE of ``model`` through a plan or the given times.
 
     Every schedule value and step coefficient is a Python float computed on the host before or
     between steps, so the loop issues tensor operations only on ``x`` and the model outputs, and never
@@ -205,12 +214,17 @@ def solve(model: Predictor, x: Tensor, integrator: Integrator | str, times: Sequ
 
     Args:
         model: The :class:`~diffode.models.Predictor`.
-        x: The state at ``times[0]``, shape ``(B, ...)``.
-        integrator: Any fixed-grid :class:`~diffode.integrators.Integrator`, or a registered name.
-        times: The grid, strictly monotone (decreasing to sample, increasing to invert), inside the
-            schedule's ``[t_min, T]`` and with every time > 0.
-        orders: The order of each step (default: the integrator's :meth:`step_orders`).
-        lower_order_final: Passed to :meth:`step_orders` when ``orders`` is not given.
+        x: The state at the first time, shape ``(B, ...)``.
+        integrator: Any fixed-grid :class:`~diffode.integrators.Integrator`, a registered name, or
+            ``package.module:name``.
+        times: A :class:`~diffode.integrators.Plan` (``integrator.plan(schedule, nfe, ...)``: times,
+            orders and the final denoising step), or the times themselves: strictly monotone
+            (decreasing to sample, increasing to invert), inside the schedule's ``[t_min, T]``, > 0.
+        orders: With plain times, the order of each step (default: the integrator's
+            :meth:`~diffode.integrators.Integrator.step_orders`).
+        lower_order_final: With plain times and no ``orders``, passed to ``step_orders``.
+        denoise_to_zero: With plain times, end with one more evaluation that returns the data
+            prediction at the last time (a plan says this itself).
         correcting_xt_fn: Called as ``fn(x, t, step)`` after each step; returns the corrected x. It
             sees the state in the working precision (float32 for a half-precision ``x``).
         return_intermediate: Keep every state on the grid (in the dtype of ``x``).
@@ -228,8 +242,16 @@ def solve(model: Predictor, x: Tensor, integrator: Integrator | str, times: Sequ
     """
     _check_model(model)
     x = check_tensor("x", x)
-    integrator = _get_integrator(integrator)
+    integrator = get_integrator(integrator)
     _check_callable("correcting_xt_fn", correcting_xt_fn)
+    if integrator.adaptive:
+        raise ValueError(f"{integrator!r} chooses its own steps (an embedded pair); use solve_adaptive")
+    if isinstance(times, Plan):
+        if orders is not None:
+            raise ValueError("orders come from the plan; pass either a Plan or times with orders")
+        times, orders, denoise_to_zero = times.times, times.orders, times.denoise_to_zero
+    if not isinstance(denoise_to_zero, bool):
+        raise TypeError(f"denoise_to_zero must be a bool, got {type(denoise_to_zero).__name__}")
     points = _grid_points(model.schedule, times)
     n = len(points) - 1
     if orders is None:
@@ -244,32 +266,40 @@ def solve(model: Predictor, x: Tensor, integrator: Integrator | str, times: Sequ
     state = integrator.init()
     nfe = 0
     intermediates = [x] if return_intermediate else None
-    with kernels.recycling() as recycler:
-        for i in range(n):
-            result = integrator.step(evaluator, state_x, points[i], points[i + 1], state, orders[i])
-            finished, state_x, state, nfe = state_x, result.x, result.state, nfe + result.nfe
-            if correcting_xt_fn is not None:
-                state_x = _corrected(correcting_xt_fn, state_x, points[i + 1].t, i + 1)
-            if check_finite:
-                evaluator.check(state_x, i + 1, points[i + 1].t)
-            if intermediates is not None:
-                intermediates.append(state_x.to(dtype))
-            # The next update may write into the finished state's memory, if nothing else holds it.
-            recycler.give(finished)
-            del finished
-    return Solution(x=state_x.to(dtype), times=[p.t for p in points], nfe=nfe, intermediates=intermediates,
-                    n_accepted=n, lams=[p.lam for p in points])
+    for i in range(n):
+        result = integrator.step(evaluator, state_x, points[i], points[i + 1], state, orders[i])
+        state_x, state, nfe = result.x, result.state, nfe + result.nfe
+        if correcting_xt_fn is not None:
+            state_x = _corrected(correcting_xt_fn, state_x, points[i + 1].t, i + 1)
+        if check_finite:
+            evaluator.check(state_x, i + 1, points[i + 1].t)
+        if intermediates is not None:
+            intermediates.append(state_x.to(dtype))
+    solution = Solution(x=state_x.to(dtype), times=[p.t for p in points], nfe=nfe, intermediates=intermediates,
+                        n_accepted=n, lams=[p.lam for p in points])
+    return _denoised(solution, evaluator, state_x, points[-1]) if denoise_to_zero else solution
 
 
-def denoise(model: Predictor, x: Tensor, t: float, *, check_finite: bool = False, step: int = 0) -> Tensor:
-    r"""The data prediction $\hat x_0(x, t)$ with the guards of :func:`solve` (the final denoising step).
+def _denoised(solution: Solution, evaluator: _Evaluator, x: Tensor, point: TimePoint) -> Solution:
+    """The solution with one more evaluation: the data prediction at its last point (denoise-to-zero)."""
+    out = evaluator.predict(x, point, "data")
+    if evaluator.records is not None:
+        evaluator.check(out, solution.n_accepted + 1, point.t)
+    solution.x = out.to(solution.x.dtype)
+    solution.nfe += 1
+    if solution.intermediates is not None:
+        solution.intermediates.append(solution.x)
+    return solution
+
+
+def denoise(model: Predictor, x: Tensor, t: float, *, check_finite: bool = False) -> Tensor:
+    r"""The data prediction $\hat x_0(x, t)$ with the guards of :func:`solve` (a final denoising step).
 
     Args:
         model: The :class:`~diffode.models.Predictor`.
         x: The state at ``t``.
         t: The time (a host number).
         check_finite: Raise :class:`NonFiniteError` if the prediction is not finite.
-        step: The step index to report in that error.
 
     Returns:
         The data prediction, in the dtype of ``x`` (computed in float32 for half-precision ``x``).
@@ -279,10 +309,8 @@ def denoise(model: Predictor, x: Tensor, t: float, *, check_finite: bool = False
     work = working_dtype(x.dtype)
     evaluator = _Evaluator(model, x.dtype if work != x.dtype else None, bool(check_finite))
     point = model.schedule.point(t)
-    out = evaluator.predict(x.to(work), point, "data").value()
-    if check_finite:
-        evaluator.check(out, step, point.t)
-    return out.to(x.dtype)
+    solution = Solution(x=x, times=[point.t], nfe=0)
+    return _denoised(solution, evaluator, x.to(work), point).x
 
 
 def _adaptive_failure(evaluator: _Evaluator, controller: AdaptiveController, result, x_prev: Tensor, attempt: int,
@@ -306,8 +334,9 @@ def _adaptive_failure(evaluator: _Evaluator, controller: AdaptiveController, res
 
 
 def solve_adaptive(model: Predictor, x: Tensor, integrator: Integrator | str, t_start: float, t_end: float,
-                   controller: AdaptiveController | None = None, *, correcting_xt_fn: Callable | None = None,
-                   return_intermediate: bool = False, check_finite: bool = False) -> Solution:
+                   controller: AdaptiveController | None = None, *, denoise_to_zero: bool = False,
+                   correcting_xt_fn: Callable | None = None, return_intermediate: bool = False,
+                   check_finite: bool = False) -> Solution:
     """Integrate with an embedded pair, the step size chosen by ``controller``.
 
     The accept/reject decision needs the error on the host, so this loop synchronises once per step.
@@ -322,7 +351,9 @@ def solve_adaptive(model: Predictor, x: Tensor, integrator: Integrator | str, t_
         integrator: An embedded pair (``integrator.error_order`` set), or a registered name.
         t_start: The start time (in ``(0, T]``).
         t_end: The end time (in ``[t_min, T]``, > 0, different from ``t_start``).
-        controller: The step-size controller (default :class:`~diffode.controllers.AdaptiveController`).
+        controller: The step-size controller (default :class:`~diffode.controllers.AdaptiveController`):
+            it accepts or rejects each step, places the next one and chooses its size.
+        denoise_to_zero: End with one more evaluation that returns the data prediction at ``t_end``.
         correcting_xt_fn: Called as ``fn(x, t, step)`` after each accepted step.
         return_intermediate: Keep every accepted state.
         check_finite: Record finiteness of every model output for a precise report (see above).
@@ -337,8 +368,8 @@ def solve_adaptive(model: Predictor, x: Tensor, integrator: Integrator | str, t_
     """
     _check_model(model)
     x = check_tensor("x", x)
-    integrator = _get_integrator(integrator)
-    if integrator.error_order is None:
+    integrator = get_integrator(integrator)
+    if not integrator.adaptive:
         raise ValueError(f"{integrator!r} has no error estimate; use an embedded pair such as DPMSolverAdaptive")
     if controller is None:
         controller = AdaptiveController()
@@ -373,7 +404,7 @@ def solve_adaptive(model: Predictor, x: Tensor, integrator: Integrator | str, t_
             raise RuntimeError(f"the adaptive solver's step size underflowed (h={h:.3g} in lambda) at t={s.t:.6g}: "
                                f"the tolerances atol={controller.atol}, rtol={controller.rtol} cannot be met; "
                                "loosen them")
-        t = end if abs(h - (end.lam - s.lam)) <= 1e-12 * max(1.0, abs(h)) else schedule.point_at_lambda(s.lam + h)
+        t = controller.next_point(schedule, s, h, end)
         result = integrator.step(evaluator, state_x, s, t, state)
         nfe += result.nfe
         error = controller.error(result.x, result.x_low, x_prev)
@@ -397,5 +428,6 @@ def solve_adaptive(model: Predictor, x: Tensor, integrator: Integrator | str, t_
         else:
             rejected += 1
         h = controller.next_h(h, error, integrator.order, end.lam - s.lam)
-    return Solution(x=state_x.to(dtype), times=times, nfe=nfe, intermediates=intermediates, n_accepted=accepted,
-                    n_rejected=rejected, lams=lams)
+    solution = Solution(x=state_x.to(dtype), times=times, nfe=nfe, intermediates=intermediates,
+                        n_accepted=accepted, n_rejected=rejected, lams=lams)
+    return _denoised(solution, evaluator, state_x, s) if denoise_to_zero else solution

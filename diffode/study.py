@@ -41,9 +41,7 @@ from torch import Tensor
 from diffode._utils import check_choice
 from diffode.controllers import AdaptiveController
 from diffode.integrators.base import Integrator
-from diffode.integrators.dpm_solver import singlestep_orders, singlestep_times
 from diffode.integrators.grids import TimeGrid, get_grid
-from diffode.integrators.multistep import DPMSolverMultistep
 from diffode.integrators.reference import integrate_in_lambda, solve_reference
 from diffode.integrators.registry import INTEGRATORS, get_integrator
 from diffode.models.analytic import AnalyticPredictor
@@ -93,15 +91,6 @@ def ground_truth(model: Predictor, x: Tensor, t_start: float | None = None, t_en
     return solve_reference(model, x.double(), t_start, t_end, rtol=rtol, atol=atol).x
 
 
-def _vp_alpha_sigma(lam: float) -> tuple[float, float]:
-    """$\\alpha$ and $\\sigma$ of a VP path at half log-SNR ``lam``.
-
-    $\\alpha^2 = 1/(1 + e^{-2\\lambda})$ and $\\sigma = \\alpha e^{-\\lambda}$.
-    """
-    alpha = math.exp(-0.5 * math.log1p(math.exp(-2.0 * lam))) if lam > -350.0 else math.exp(lam)
-    return alpha, alpha * math.exp(-lam)
-
-
 def continue_in_lambda(model: Predictor, x: Tensor, lam_from: float, lam_to: float, *, rtol: float = 1e-10,
                        atol: float = 1e-10) -> Tensor:
     r"""Follow the probability-flow ODE of an analytic VP model from half log-SNR ``lam_from`` to ``lam_to``.
@@ -132,7 +121,8 @@ def continue_in_lambda(model: Predictor, x: Tensor, lam_from: float, lam_to: flo
     lam_stop = lam_from + 40.0 if math.isinf(lam_to) and lam_to > 0 else float(lam_to)
 
     def point_at(lam: float) -> TimePoint:
-        alpha, sigma = _vp_alpha_sigma(lam)
+        alpha = math.exp(float(VPSchedule.log_alpha_from_lambda(torch.tensor(lam, dtype=torch.float64))))
+        sigma = alpha * math.exp(-lam)
         return TimePoint(t=math.nan, lam=lam, alpha=alpha, sigma=sigma)  # no time: past the schedule's end
 
     xs, _ = integrate_in_lambda(model, x, [lam_from, lam_stop], point_at, rtol=rtol, atol=atol)
@@ -171,61 +161,38 @@ def configure_integrator(name: str | Integrator, **options) -> Integrator:
     return cls(**{**current, **options})
 
 
-def _is_multistep(integrator: Integrator) -> bool:
-    if isinstance(integrator, DPMSolverMultistep):
-        return True
-    return integrator.evals_per_step == 1 and integrator.error_order is None
-
-
 def sample_nfe(model: Predictor, x: Tensor, integrator: Integrator | str, nfe: int, *,
                grid: str | TimeGrid = "time_uniform", t_start: float | None = None, t_end: float | None = None,
-               lower_order_final: bool = True, denoise_to_zero: bool = False,
+               lower_order_final: bool | int = True, denoise_to_zero: bool = False,
                controller: AdaptiveController | None = None, check_finite: bool = False) -> Solution:
-    """Sample with a budget of ``nfe`` model evaluations, as DPM-Solver spends its ``steps``.
+    r"""Sample with a budget of ``nfe`` model evaluations, spent as the integrator plans it.
 
-    * Multistep integrators: ``nfe`` steps (one fewer with a singlestep warm-up, which spends an
-      extra evaluation on its first step), the lower orders on the last steps when
-      ``lower_order_final`` and fewer than 10 steps.
-    * Singlestep integrators: the budget split into steps of order 3, 2 and 1 as DPM-Solver-fast
-      does (:func:`~diffode.integrators.singlestep_orders`); on grids other than ``logSNR`` the
-      step ends are taken from the grid of ``nfe`` points, as the reference does.
-    * Adaptive integrators: ``nfe`` is ignored; ``controller`` sets the tolerances.
+    Fixed-grid integrators spend the budget through their own
+    :meth:`~diffode.integrators.Integrator.plan` (multistep methods: one step per evaluation, the
+    lower orders on the last steps with ``lower_order_final``; singlestep methods: DPM-Solver-fast's
+    split; a method of your own: its own rule). Adaptive integrators ignore ``nfe``; ``controller``
+    sets their tolerances.
 
     With ``denoise_to_zero`` one more evaluation returns the data prediction at the end (the
-    $\\sigma = 0$ end point); count it in ``nfe`` by passing one less. ``check_finite`` raises
+    $\sigma = 0$ end point); count it in ``nfe`` by passing one less. ``check_finite`` raises
     :class:`~diffode.solve.NonFiniteError` at the first step with a non-finite state (one host sync
     per step).
 
     Returns:
         The :class:`~diffode.solve.Solution`; ``solution.nfe`` is the exact count.
     """
-    from diffode.solve import denoise
-
     integrator = get_integrator(integrator)
     if isinstance(nfe, bool) or not isinstance(nfe, int) or nfe < 1:
         raise ValueError(f"nfe must be an integer >= 1, got {nfe!r}")
     schedule = model.schedule
     t_start = schedule.T if t_start is None else float(t_start)
     t_end = schedule.default_t_end if t_end is None else float(t_end)
-    grid = get_grid(grid)
-    if integrator.error_order is not None:
-        solution = solve_adaptive(model, x, integrator, t_start, t_end, controller or AdaptiveController(),
-                                  check_finite=check_finite)
-    elif _is_multistep(integrator):
-        steps = nfe
-        if getattr(integrator, "warmup", None) == "singlestep" and integrator.order >= 3 and nfe >= 2:
-            steps = nfe - 1
-        times = grid.times(schedule, t_start, t_end, steps)
-        solution = solve(model, x, integrator, times, lower_order_final=lower_order_final,
-                         check_finite=check_finite)
-    else:
-        orders = singlestep_orders(nfe, integrator.order)
-        times = singlestep_times(schedule, grid, t_start, t_end, orders)
-        solution = solve(model, x, integrator, times, orders=orders, check_finite=check_finite)
-    if denoise_to_zero:
-        solution.x = denoise(model, solution.x, solution.times[-1])
-        solution.nfe += 1
-    return solution
+    if integrator.adaptive:
+        return solve_adaptive(model, x, integrator, t_start, t_end, controller or AdaptiveController(),
+                              denoise_to_zero=denoise_to_zero, check_finite=check_finite)
+    plan = integrator.plan(schedule, nfe, grid=grid, t_start=t_start, t_end=t_end,
+                           lower_order_final=lower_order_final, denoise_to_zero=denoise_to_zero)
+    return solve(model, x, integrator, plan, check_finite=check_finite)
 
 
 @dataclass
@@ -278,7 +245,7 @@ def error_vs_nfe(model: Predictor, x: Tensor, exact: Tensor, integrators: Mappin
     jobs: list[tuple[str, Integrator, int, AdaptiveController | None, str]] = []
     for label, spec in integrators.items():
         integrator = get_integrator(spec)
-        if integrator.error_order is not None:
+        if integrator.adaptive:
             for rtol in tolerances:
                 jobs.append((label, integrator, 0, AdaptiveController(rtol=rtol, atol=rtol / 10), f"rtol={rtol:g}"))
         else:
@@ -488,5 +455,5 @@ def registered_names(kind: str = "all") -> list[str]:
     names = sorted(INTEGRATORS)
     if kind == "all":
         return names
-    adaptive = {n for n in names if get_integrator(n).error_order is not None}
+    adaptive = {n for n in names if get_integrator(n).adaptive}
     return sorted(adaptive) if kind == "adaptive" else [n for n in names if n not in adaptive]

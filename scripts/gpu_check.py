@@ -6,8 +6,7 @@ Usage, from the repository root::
 
 It runs ``tests/robustness/test_cuda.py`` (every method on the GPU against the CPU, float16 and
 bfloat16 sampling, the fixed-grid loop under ``torch.cuda.set_sync_debug_mode("error")``,
-non-finite detection, determinism) and the CUDA tests of ``tests/test_kernels.py`` (the fused
-jiterator update against float64 arithmetic and against the eager path), then prints the half-precision error table: the error of a
+non-finite detection, determinism), then prints the half-precision error table: the error of a
 float16 / bfloat16 / float32 run on the GPU against a float64 run on the CPU from the same rounded
 start, in units of the dtype's unit roundoff times the scale of the result, next to the bounds the
 tests assert. Without a GPU it says so and exits with status 2.
@@ -27,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 
 def run_cuda_tests() -> bool:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
-    command = [sys.executable, "-m", "pytest", "tests/robustness/test_cuda.py", "tests/test_kernels.py", "-m", "cuda",
+    command = [sys.executable, "-m", "pytest", "tests/robustness/test_cuda.py", "-m", "cuda",
                "-q", "-rfEs", "-p", "no:cacheprovider"]
     print("$", " ".join(command), flush=True)
     return subprocess.run(command, cwd=ROOT, env=env).returncode == 0
@@ -71,7 +70,7 @@ def main() -> int:
         return 2
     print(f"device: {torch.cuda.get_device_name()}")
     start = time.perf_counter()
-    results = {"CUDA tests (tests/robustness/test_cuda.py, tests/test_kernels.py)": run_cuda_tests()}
+    results = {"CUDA tests (tests/robustness/test_cuda.py)": run_cuda_tests()}
     results["half-precision error table"] = precision_table()
     print(f"\nsummary ({time.perf_counter() - start:.0f} s):")
     for name, passed in results.items():

@@ -12,17 +12,20 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+import math
+
+import torch
 from torch import Tensor
 
-from diffode.integrators.base import State, StepResult
+from diffode.controllers import AdaptiveController
+from diffode.integrators.base import State, Update
 from diffode.integrators.coefficients import phis
 from diffode.integrators.multistep import DPMSolverMultistep
 from diffode.integrators.singlestep import DPMSolverSinglestep, run_stages, stages_for
-from diffode.models.parameterizations import Scaled
 from diffode.models.predictor import Predictor
-from diffode.schedules.base import TimePoint
+from diffode.schedules.base import NoiseSchedule, TimePoint
 
-__all__ = ["InnerGridSinglestep", "Primed", "ReferenceMultistep"]
+__all__ = ["Counting", "InnerGridSinglestep", "Primed", "ReferenceController", "ReferenceMultistep"]
 
 Ratios = Callable[[TimePoint, TimePoint, int], tuple[float | None, float | None]]
 
@@ -50,13 +53,10 @@ class InnerGridSinglestep(DPMSolverSinglestep):
         super().__init__(order, predict, solver_type)
         self.ratios = ratios
 
-    def step(self, model: Predictor, x: Tensor, s: TimePoint, t: TimePoint, state: State,
-             order: int | None = None) -> StepResult:
-        order = self.order if order is None else order
+    def _step(self, model: Predictor, x: Tensor, s: TimePoint, t: TimePoint, state: State, order: int) -> Update:
         r1, r2 = self.ratios(s, t, order)
-        m_s = self.evaluate(model, x, s)
-        x_t, nfe, _, _ = run_stages(self, model, x, s, t, stages_for(order, self.solver_type, r1, r2), m_s)
-        return StepResult(x=x_t, state=State(step_index=state.step_index + 1), nfe=nfe)
+        x_t, _, _ = run_stages(self, model, x, s, t, stages_for(order, self.solver_type, r1, r2), self.evaluate(model, x, s))
+        return Update(x_t)
 
 
 class Primed(Predictor):
@@ -71,12 +71,49 @@ class Primed(Predictor):
         outputs: The outputs to return first, in order.
     """
 
-    def __init__(self, predictor: Predictor, outputs: Sequence[Scaled]):
+    def __init__(self, predictor: Predictor, outputs: Sequence[Tensor]):
         self.predictor = predictor
         self.schedule = predictor.schedule
         self._queue = list(outputs)
 
-    def predict(self, x: Tensor, point: TimePoint, kind: str) -> Scaled:
+    def predict(self, x: Tensor, point: TimePoint, kind: str) -> Tensor:
         if self._queue:
             return self._queue.pop(0)
         return self.predictor.predict(x, point, kind)
+
+
+class Counting(Predictor):
+    """A predictor that counts its evaluations (the reference reports the NFE to its callbacks)."""
+
+    def __init__(self, predictor: Predictor):
+        self.predictor = predictor
+        self.schedule = predictor.schedule
+        self.count = 0
+
+    def predict(self, x: Tensor, point: TimePoint, kind: str) -> Tensor:
+        self.count += 1
+        return self.predictor.predict(x, point, kind)
+
+
+class ReferenceController(AdaptiveController):
+    """diffode's adaptive controller with the reference's rounding: the step in $\\lambda$ and the
+    next time are computed in the state's dtype, and the step factor is rounded to float32.
+
+    Args:
+        dtype: The dtype of the state (the reference keeps ``s``, $\\lambda$ and ``h`` in it).
+        **options: The :class:`~diffode.controllers.AdaptiveController` arguments.
+    """
+
+    def __init__(self, dtype: torch.dtype, **options):
+        super().__init__(**options)
+        self.dtype = dtype
+
+    def next_point(self, schedule: NoiseSchedule, s: TimePoint, h: float, end: TimePoint) -> TimePoint:
+        lam = torch.tensor(s.lam, dtype=self.dtype) + torch.tensor(h, dtype=self.dtype)
+        return schedule.points(schedule.inverse_lambda(lam.reshape(1)))[0]
+
+    def next_h(self, h: float, error: float, order: int, remaining: float) -> float:
+        factor = float(torch.float_power(torch.tensor(max(error, 1e-300), dtype=self.dtype), -1.0 / order).float())
+        step = torch.tensor(self.theta, dtype=self.dtype) * torch.tensor(abs(h), dtype=self.dtype) * factor
+        new = float(torch.minimum(step, torch.tensor(abs(remaining), dtype=self.dtype)))
+        return math.copysign(new, remaining)

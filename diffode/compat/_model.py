@@ -10,7 +10,7 @@ from torch import Tensor
 
 from diffode._utils import check_choice
 from diffode.models.guidance import ClassifierFreeGuidance, ClassifierGuidance
-from diffode.models.parameterizations import Scaled, get_parameterization
+from diffode.models.parameterizations import get_parameterization
 from diffode.models.predictor import Predictor
 from diffode.models.wrapper import ContinuousTime, ModelWrapper
 from diffode.schedules.base import TimePoint
@@ -76,10 +76,10 @@ class ModelFunction(Predictor):
     def __repr__(self) -> str:
         return f"ModelFunction(model_type={self.model_type!r}, guidance_type={self.guidance_type!r})"
 
-    def predict(self, x: Tensor, point: TimePoint, kind: str) -> Scaled:
+    def predict(self, x: Tensor, point: TimePoint, kind: str) -> Tensor:
         return self.predictor.predict(x, point, kind)
 
-    def predict_mixed(self, x: Tensor, point: TimePoint, kind: str, network_dtype: torch.dtype) -> Scaled:
+    def predict_mixed(self, x: Tensor, point: TimePoint, kind: str, network_dtype: torch.dtype) -> Tensor:
         return self.predictor.predict_mixed(x, point, kind, network_dtype)
 
     def __call__(self, x: Tensor, t_continuous: Tensor) -> Tensor:
@@ -105,10 +105,10 @@ class NoiseFunction(Predictor):
         self.schedule = schedule
         self._noise = get_parameterization("noise")
 
-    def predict(self, x: Tensor, point: TimePoint, kind: str) -> Scaled:
+    def predict(self, x: Tensor, point: TimePoint, kind: str) -> Tensor:
         return self._convert(self._call(x, point), x, point, kind)
 
-    def predict_mixed(self, x: Tensor, point: TimePoint, kind: str, network_dtype: torch.dtype) -> Scaled:
+    def predict_mixed(self, x: Tensor, point: TimePoint, kind: str, network_dtype: torch.dtype) -> Tensor:
         # The function runs in the caller's dtype; the conversion to x0 stays in the working dtype.
         return self._convert(self._call(x.to(network_dtype), point).to(x.dtype), x, point, kind)
 
@@ -120,10 +120,8 @@ class NoiseFunction(Predictor):
             t = torch.full((x.shape[0],), t, dtype=self.schedule.eval_dtype, device=x.device)
         return self.fn(x, t)
 
-    def _convert(self, eps: Tensor, x: Tensor, point: TimePoint, kind: str) -> Scaled:
-        if kind == "noise":
-            return self._noise.noise(eps, x, point.alpha, point.sigma)
-        return self._noise.data(eps, x, point.alpha, point.sigma)
+    def _convert(self, eps: Tensor, x: Tensor, point: TimePoint, kind: str) -> Tensor:
+        return self._noise.convert(kind, eps, x, point.alpha, point.sigma)
 
 
 def model_wrapper(

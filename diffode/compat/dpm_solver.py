@@ -79,7 +79,6 @@ multistep (the start included) and one per step for singlestep; ``add_noise`` re
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -87,17 +86,17 @@ import torch
 from torch import Tensor
 
 from diffode._utils import as_time, check_choice
-from diffode.controllers import AdaptiveController
 from diffode.integrators.adaptive import DPMSolverAdaptive
 from diffode.integrators.base import exponential_update
-from diffode.integrators.dpm_solver import CorrectedData, dynamic_thresholding, singlestep_orders
+from diffode.integrators.grids import TimeGrid
 from diffode.integrators.singlestep import DPMSolverSinglestep, run_stages, stages_for
-from diffode.models.parameterizations import Scaled, get_parameterization
+from diffode.models.corrections import CorrectedData, dynamic_thresholding
+from diffode.models.parameterizations import get_parameterization
 from diffode.models.predictor import Predictor, resolve_point
 from diffode.schedules.base import TimePoint
-from diffode.solve import solve
+from diffode.solve import solve, solve_adaptive
 
-from diffode.compat._integrators import InnerGridSinglestep, Primed, ReferenceMultistep
+from diffode.compat._integrators import Counting, InnerGridSinglestep, Primed, ReferenceController, ReferenceMultistep
 from diffode.compat._model import ModelFunction, NoiseFunction, model_wrapper
 from diffode.compat._schedule import NoiseScheduleVP, ReferenceSchedule, expand_dims, interpolate_fn, schedule_view
 
@@ -285,11 +284,10 @@ class DPM_Solver(_GenerationDispatch):
         """
         if isinstance(order, bool) or order not in (1, 2, 3):
             raise ValueError(f"'order' must be '1' or '2' or '3', got {order!r}")
-        orders = singlestep_orders(steps, order)
-        if skip_type == 'logSNR':
-            return self.get_time_steps(skip_type, t_T, t_0, len(orders), device), orders
-        index = torch.cumsum(torch.tensor([0, *orders]), 0).to(device)
-        return self.get_time_steps(skip_type, t_T, t_0, steps, device)[index], orders
+        integrator = DPMSolverSinglestep(order, self._kind(), split="fast")
+        orders = integrator.plan_orders(steps)
+        grid = _ReferenceGrid(self, skip_type, device)
+        return integrator.plan_times(self._schedule, grid, t_T, t_0, orders).to(device), orders
 
     def _inner_ratios(self, skip_type: str, s: float, t: float, order: int, device) -> tuple[float | None, float | None]:
         if order <= 1:
@@ -315,9 +313,9 @@ class DPM_Solver(_GenerationDispatch):
         """DPM-Solver-1 (DDIM) from ``s`` to ``t``; ``model_s`` is the model output at ``s`` if known."""
         ps, pt = self._point(s), self._point(t)
         with self._schedule.evaluating_in(as_time(s).dtype):
-            m_s = self._predictor().predict(x, ps, self._kind()) if model_s is None else Scaled(model_s)
+            m_s = self._predictor().predict(x, ps, self._kind()) if model_s is None else model_s
         x_t = exponential_update(x, ps, pt, [m_s], [0.0], self._kind())
-        return (x_t, {'model_s': m_s.value()}) if return_intermediate else x_t
+        return (x_t, {'model_s': m_s}) if return_intermediate else x_t
 
     def _singlestep_update(self, x, s, t, order, r1, r2, model_s, model_s1, return_intermediate, solver_type):
         solver_type = _solver_type(solver_type)
@@ -326,13 +324,13 @@ class DPM_Solver(_GenerationDispatch):
         stages = stages_for(order, solver_type, None if r1 is None else float(r1), None if r2 is None else float(r2))
         predictor = self._predictor()
         with self._schedule.evaluating_in(as_time(s).dtype):
-            m_s = integrator.evaluate(predictor, x, ps) if model_s is None else Scaled(model_s)
+            m_s = integrator.evaluate(predictor, x, ps) if model_s is None else model_s
             if model_s1 is not None:
-                predictor = Primed(predictor, [Scaled(model_s1)])
-            x_t, _, values, _ = run_stages(integrator, predictor, x, ps, pt, stages, m_s)
+                predictor = Primed(predictor, [model_s1])
+            x_t, values, _ = run_stages(integrator, predictor, x, ps, pt, stages, m_s)
         if return_intermediate:
             names = ('model_s', 'model_s1', 'model_s2')[:order]
-            return x_t, {name: value.value() for name, value in zip(names, values)}
+            return x_t, dict(zip(names, values))
         return x_t
 
     def singlestep_dpm_solver_second_update(self, x: Tensor, s: Tensor, t: Tensor, r1: float = 0.5,
@@ -367,7 +365,7 @@ class DPM_Solver(_GenerationDispatch):
         nodes = [(p.lam - s.lam) / h for p in points]
         reference = ReferenceMultistep(len(points), kind, solver_type)
         factors = reference.update_factors(len(points), -h if kind == "data" else h)
-        return exponential_update(x, s, pt, [Scaled(m) for m in models], nodes, kind, solver_type, factors)
+        return exponential_update(x, s, pt, list(models), nodes, kind, solver_type, factors)
 
     def multistep_dpm_solver_second_update(self, x: Tensor, model_prev_list: Sequence[Tensor],
                                            t_prev_list: Sequence[Tensor], t: Tensor, solver_type: str = "dpmsolver"):
@@ -401,39 +399,22 @@ class DPM_Solver(_GenerationDispatch):
         solver_type = _solver_type(solver_type)
         if order not in (2, 3) or isinstance(order, bool):
             raise ValueError(f"For adaptive step size solver, order must be 2 or 3, got {order!r}")
-        ns = self.noise_schedule
         integrator = DPMSolverAdaptive(order, self._kind(), solver_type)
-        controller = AdaptiveController(atol=atol, rtol=rtol, theta=theta, h_init=h_init, t_err=t_err)
-        predictor = self._predictor()
         # The reference keeps s, lambda and h in the dtype of x.
         dtype = x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32
+        controller = ReferenceController(dtype, atol=atol, rtol=rtol, theta=theta, h_init=h_init, t_err=t_err,
+                                         max_nfe=_MAX_ADAPTIVE_NFE)
+        predictor = Counting(self._predictor())
+        hook = None
+        if callback is not None or img_callback is not None:
+            def hook(x_new, _t, _step):
+                # The reference reports the evaluations before the accepted step.
+                _notify(callback, img_callback, predictor.count - order, x_new)
+                return x_new
         with self._schedule.evaluating_in(dtype):
-            s = torch.full((1,), float(t_T), dtype=dtype, device=x.device)
-            lambda_s = ns.marginal_lambda(s)
-            lambda_0 = ns.marginal_lambda(t_0 * torch.ones_like(s))
-            h = h_init * torch.ones_like(s)
-            # The reference assumes lambda grows (sampling); inverting steps the other way.
-            sign = 1.0 if bool((lambda_0 >= lambda_s).all()) else -1.0
-            x_prev, nfe, state = x, 0, integrator.init()
-            while torch.abs(s - t_0).mean() > t_err:
-                if nfe + order > _MAX_ADAPTIVE_NFE:
-                    raise RuntimeError(f"the adaptive solver passed {_MAX_ADAPTIVE_NFE} model evaluations at "
-                                       f"t={float(s[0]):.6g} (atol={atol}, rtol={rtol}); loosen the tolerances")
-                t = ns.inverse_lambda(lambda_s + sign * h)
-                ps, pt = self._schedule.points(torch.cat([s.reshape(-1)[:1], t.reshape(-1)[:1]]))
-                result = integrator.step(predictor, x, ps, pt, state)
-                error = controller.error(result.x, result.x_low, x_prev)
-                if not math.isfinite(error):
-                    raise ValueError(f"the adaptive solver's error estimate is {error} at t={ps.t:.6g}: the model "
-                                     "output or the state is not finite")
-                if error <= 1.:
-                    x, s, x_prev, state = result.x, t, result.x_low, result.state
-                    lambda_s = ns.marginal_lambda(s)
-                    _notify(callback, img_callback, nfe, x)
-                # As the reference: the step factor is rounded to float32.
-                factor = torch.float_power(torch.tensor(error, dtype=dtype), -1. / order).float()
-                h = torch.minimum(theta * h * factor, sign * (lambda_0 - lambda_s))
-                nfe += order
+            solution = solve_adaptive(predictor, x, integrator, float(t_T), float(t_0), controller,
+                                      correcting_xt_fn=hook)
+        x, nfe = solution.x, solution.nfe
         print('adaptive solver nfe', nfe)
         self.last_nfe = nfe
         return x
@@ -544,15 +525,8 @@ class DPM_Solver(_GenerationDispatch):
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < order:
             raise ValueError(f"method='multistep' needs an integer steps >= order, got steps={steps!r}, order={order}")
         timesteps = self.get_time_steps(skip_type, t_T, t_0, steps, x.device)
-        orders = []
-        for step in range(1, steps + 1):
-            if step < order:
-                orders.append(step)
-            elif lower_order_final and steps < self.lower_order_final_below:
-                orders.append(min(order, steps + 1 - step))
-            else:
-                orders.append(order)
         integrator = ReferenceMultistep(order, self._kind(), solver_type)
+        orders = integrator.step_orders(steps, self.lower_order_final_below if lower_order_final else False)
         predictor = model = self._predictor()
         correct = self.correcting_xt_fn
         with self._schedule.evaluating_in(timesteps.dtype):
@@ -668,3 +642,14 @@ class DPM_SolverV2(DPM_Solver):
         t_T = self.noise_schedule.T if t_start is None else t_start
         return self._sample(x, steps, t_T, t_0, order, skip_type, method, lower_order_final, denoise_to_zero,
                             solver_type, atol, rtol, return_intermediate, callback, img_callback)
+
+
+class _ReferenceGrid(TimeGrid):
+    """The reference's own grid of a skip type (:meth:`DPM_Solver.get_time_steps`), as a diffode grid."""
+
+    def __init__(self, solver: DPM_Solver, skip_type: str, device):
+        self.solver, self.skip_type, self.device = solver, skip_type, device
+        self.uniform_in_lambda = skip_type == 'logSNR'
+
+    def times(self, schedule, t_start: float, t_end: float, n: int) -> Tensor:
+        return self.solver.get_time_steps(self.skip_type, t_start, t_end, n, self.device)

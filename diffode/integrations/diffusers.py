@@ -56,12 +56,11 @@ try:
 except ImportError as error:  # pragma: no cover - depends on the environment
     raise ImportError("diffode.integrations.diffusers needs diffusers: pip install 'diffode[diffusers]'") from error
 
-from diffode._utils import check_choice, expand_to
+from diffode._utils import check_choice
 from diffode.integrations import multistep_orders
 from diffode.integrators.base import Integrator, State
-from diffode.integrators.multistep import DPMSolverMultistep
 from diffode.integrators.registry import INTEGRATORS, get_integrator
-from diffode.models.parameterizations import Parameterization, Scaled, get_parameterization
+from diffode.models.parameterizations import Parameterization, get_parameterization
 from diffode.models.predictor import Predictor
 from diffode.schedules.base import NoiseSchedule, TimePoint
 from diffode.schedules.vp import DiscreteVP
@@ -121,8 +120,8 @@ def training_betas(beta_schedule: str, num_train_timesteps: int, beta_start: flo
 
 
 def _one_evaluation_per_step(integrator: Integrator) -> bool:
-    return (isinstance(integrator, DPMSolverMultistep) and integrator.evals_per_step == 1
-            and integrator.error_order is None and getattr(integrator, "warmup", "lower_order") == "lower_order")
+    # What the integrator declares: a run of n steps costs n model evaluations.
+    return not integrator.adaptive and all(integrator.evaluations(integrator.step_orders(n)) == n for n in (1, 2, 3, 4))
 
 
 def supported_integrators() -> list[str]:
@@ -145,13 +144,11 @@ class _GivenOutput(Predictor):
         self.sample = sample
         self.point = point
 
-    def predict(self, x: Tensor, point: TimePoint, kind: str) -> Scaled:
+    def predict(self, x: Tensor, point: TimePoint, kind: str) -> Tensor:
         if x is not self.sample or point != self.point:
             raise RuntimeError("the integrator asked for a model output away from the step's start, which a "
                                "diffusers pipeline (one model call per step) cannot provide")
-        if kind == "noise":
-            return self.parameterization.noise(self.output, x, point.alpha, point.sigma)
-        return self.parameterization.data(self.output, x, point.alpha, point.sigma)
+        return self.parameterization.convert(kind, self.output, x, point.alpha, point.sigma)
 
 
 class DiffodeScheduler(SchedulerMixin, ConfigMixin):
@@ -394,10 +391,8 @@ class DiffodeScheduler(SchedulerMixin, ConfigMixin):
             timesteps: The discrete timesteps, one per sample (or one for all).
         """
         steps = torch.as_tensor(timesteps).detach().to("cpu", torch.float64).reshape(-1)
-        times = (steps + 1.0) / self.config.num_train_timesteps
-        alpha = self.schedule.alpha(times).to(original_samples.device, original_samples.dtype)
-        sigma = self.schedule.sigma(times).to(original_samples.device, original_samples.dtype)
-        return expand_to(alpha, original_samples) * original_samples + expand_to(sigma, original_samples) * noise
+        times = ((steps + 1.0) / self.config.num_train_timesteps).expand(original_samples.shape[0])
+        return self.schedule.add_noise(original_samples, times, noise)
 
     def __len__(self) -> int:
         return self.config.num_train_timesteps

@@ -35,15 +35,13 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from diffode._utils import check_choice, check_finite_number, expand_to
+from diffode._utils import check_choice, check_finite_number
 from diffode.controllers import AdaptiveController
-from diffode.integrations import multistep_orders
+from diffode.integrations import LOWER_ORDER_FINAL_BELOW
 from diffode.integrators.base import Integrator
-from diffode.integrators.dpm_solver import singlestep_orders
 from diffode.integrators.grids import TimeGrid, TimeQuadratic, get_grid
 from diffode.integrators.registry import get_integrator
-from diffode.integrators.singlestep import DPMSolverSinglestep
-from diffode.models.parameterizations import Scaled, get_parameterization
+from diffode.models.parameterizations import get_parameterization
 from diffode.models.predictor import Predictor
 from diffode.models.wrapper import wrap
 from diffode.schedules.base import NoiseSchedule, TimePoint
@@ -65,17 +63,17 @@ class _FirstPrediction(Predictor):
     def __init__(self, predictor: Predictor):
         self.predictor = predictor
         self.schedule = predictor.schedule
-        self.first: tuple[Tensor, TimePoint, str, Scaled] | None = None
+        self.first: tuple[Tensor, TimePoint, str, Tensor] | None = None
 
-    def _keep(self, x: Tensor, point: TimePoint, kind: str, out: Scaled) -> Scaled:
+    def _keep(self, x: Tensor, point: TimePoint, kind: str, out: Tensor) -> Tensor:
         if self.first is None:
             self.first = (x, point, kind, out)
         return out
 
-    def predict(self, x: Tensor, point: TimePoint, kind: str) -> Scaled:
+    def predict(self, x: Tensor, point: TimePoint, kind: str) -> Tensor:
         return self._keep(x, point, kind, self.predictor.predict(x, point, kind))
 
-    def predict_mixed(self, x: Tensor, point: TimePoint, kind: str, network_dtype: torch.dtype) -> Scaled:
+    def predict_mixed(self, x: Tensor, point: TimePoint, kind: str, network_dtype: torch.dtype) -> Tensor:
         return self._keep(x, point, kind, self.predictor.predict_mixed(x, point, kind, network_dtype))
 
     def pop_data(self) -> Tensor | None:
@@ -85,8 +83,8 @@ class _FirstPrediction(Predictor):
             return None
         x, point, kind, out = first
         if kind == "data":
-            return out.value()
-        return get_parameterization("noise").to_data(out.value(), x, point.alpha, point.sigma)
+            return out
+        return get_parameterization("noise").to_data(out, x, point.alpha, point.sigma)
 
 
 def _first_tensor(condition: Any) -> Tensor | None:
@@ -229,25 +227,26 @@ class DPMSolverSampler:
         check_choice("ddim_discretize", ddim_discretize, DISCRETIZATIONS)
         self._check_zero("ddim_eta", ddim_eta, 0.0)
         grid = self.grid if ddim_discretize == "uniform" else TimeQuadratic()
-        t_start = self.noise_schedule.T
-        if isinstance(self.integrator, DPMSolverSinglestep):
-            # DPM-Solver-fast: S evaluations in steps of orders k, ..., 1, whose ends are taken from
-            # the S-step grid so that each step spans as many grid intervals as it has evaluations.
-            self.orders = singlestep_orders(steps, self.integrator.order)
-            full = grid.times(self.noise_schedule, t_start, self.t_end, steps)
-            self.times = full[torch.cumsum(torch.tensor([0, *self.orders]), 0)]
-        else:
+        if self.adaptive:  # the grid only indexes encode/decode; the integrator picks its own steps
+            self.times = grid.times(self.noise_schedule, self.noise_schedule.T, self.t_end, steps)
             self.orders = None
-            self.times = grid.times(self.noise_schedule, t_start, self.t_end, steps)
+            return
+        below = LOWER_ORDER_FINAL_BELOW if self.lower_order_final else False
+        plan = self.integrator.plan(self.noise_schedule, steps, grid=grid, t_end=self.t_end, lower_order_final=below)
+        self.times = torch.tensor(plan.times, dtype=torch.float64)
+        self.orders = list(plan.orders)
 
     def _orders(self, start: int, stop: int, reverse: bool = False) -> list[int] | None:
-        """Orders of the grid steps ``start:stop`` (counted from the noisy end), or of the inversion."""
+        """Orders of the grid steps ``start:stop`` (counted from the noisy end), or of the inversion.
+
+        A run over part of the grid starts the integrator afresh: the planned orders, capped by the
+        integrator's own warm-up for a run of that many steps.
+        """
         if self.adaptive:
             return None
-        if self.orders is None:
-            return multistep_orders(self.integrator, stop - start, self.lower_order_final)
         orders = self.orders[start:stop]
-        return orders[::-1] if reverse else orders
+        orders = orders[::-1] if reverse else orders
+        return [min(o, w) for o, w in zip(orders, self.integrator.step_orders(len(orders)))]
 
     def _require_schedule(self, method: str) -> int:
         if self.times is None:
@@ -305,8 +304,7 @@ class DPMSolverSampler:
 
         def blend(x: Tensor, t: float) -> Tensor:
             # Inpainting as the DDIM sampler does it: the known region is the data, noised afresh to t.
-            point = self.noise_schedule.point(t)
-            known = point.alpha * x0 + point.sigma * torch.randn_like(x0)
+            known = self.noise_schedule.add_noise(x0, t)
             return known * mask + (1.0 - mask) * x
 
         def after_step(x: Tensor, t: float, step: int) -> Tensor:
@@ -331,20 +329,17 @@ class DPMSolverSampler:
         try:
             if self.adaptive:
                 solution = solve_adaptive(recorder, x, self.integrator, float(times[0]), end, self.controller,
-                                          correcting_xt_fn=after_step)
+                                          correcting_xt_fn=after_step, denoise_to_zero=denoise)
             else:
-                solution = solve(recorder, x, self.integrator, times, orders=orders, correcting_xt_fn=after_step)
+                solution = solve(recorder, x, self.integrator, times, orders=orders, correcting_xt_fn=after_step,
+                                 denoise_to_zero=denoise)
         finally:
             bar.close()
         x = solution.x
-        if denoise:
-            x = predictor.data(x, end)
-            solution.nfe += 1
         if log_every is not None and logs["x_inter"][-1] is not x:
             # The final state when the last step was not logged (adaptive runs) or was denoised.
             logs["x_inter"].append(x)
             logs["pred_x0"].append(x)
-        solution.x = x
         self.last_solution = solution
         return x, logs
 
@@ -465,10 +460,8 @@ class DPMSolverSampler:
             noise = torch.randn_like(x0)
         elif noise.shape != x0.shape:
             raise ValueError(f"noise must have the shape of x0, {tuple(x0.shape)}, got {tuple(noise.shape)}")
-        times = self.times.flip(0)[index.long()]
-        alpha = self.noise_schedule.alpha(times).to(x0.device, x0.dtype)
-        sigma = self.noise_schedule.sigma(times).to(x0.device, x0.dtype)
-        return expand_to(alpha, x0) * x0 + expand_to(sigma, x0) * noise
+        times = self.times.flip(0)[index.long()].expand(x0.shape[0])
+        return self.noise_schedule.add_noise(x0, times, noise)
 
     @torch.no_grad()
     def encode(self, x0: Tensor, c: Any, t_enc: int, use_original_steps: bool = False,

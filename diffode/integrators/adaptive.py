@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from diffode.integrators.base import ExponentialIntegrator, State, StepResult, exponential_update
+from diffode.integrators.base import ExponentialIntegrator, State, Update, exponential_update
 from diffode.integrators.singlestep import run_stages, stages_for
 from diffode.models.predictor import Predictor
 from diffode.schedules.base import TimePoint
@@ -21,7 +21,7 @@ class DPMSolverAdaptive(ExponentialIntegrator):
 
     :meth:`step` returns the higher-order solution and the lower-order one (``x_low``); the
     difference is the error estimate that :class:`~diffode.controllers.AdaptiveController` uses to
-    accept or reject the step and choose the next $h$.
+    accept or reject the step and choose the next $h$ (:func:`~diffode.solve_adaptive`).
 
     Args:
         order: 2 or 3, the higher order of the pair.
@@ -33,24 +33,16 @@ class DPMSolverAdaptive(ExponentialIntegrator):
     """
 
     def __init__(self, order: int = 3, predict: str = "data", solver_type: str = "dpmsolver"):
-        if order not in (2, 3):
+        if order not in (2, 3) or isinstance(order, bool):
             raise ValueError(f"the adaptive solver has order 2 (DPM-Solver-12) or 3 (DPM-Solver-23), got {order!r}")
         super().__init__(order, predict, solver_type)
+        self.evals_per_step = order
+        self.error_order = order - 1
         self._high = stages_for(order, solver_type, 0.5 if order == 2 else 1.0 / 3.0)
 
-    @property
-    def evals_per_step(self) -> int:  # type: ignore[override]
-        return self.order
-
-    @property
-    def error_order(self) -> int:  # type: ignore[override]
-        return self.order - 1
-
-    def step(self, model: Predictor, x: Tensor, s: TimePoint, t: TimePoint, state: State,
-             order: int | None = None) -> StepResult:
-        m_s = self.evaluate(model, x, s, defer=True)
-        x_high, nfe, values, fractions = run_stages(self, model, x, s, t, self._high, m_s)
+    def _step(self, model: Predictor, x: Tensor, s: TimePoint, t: TimePoint, state: State, order: int) -> Update:
+        x_high, values, fractions = run_stages(self, model, x, s, t, self._high, self.evaluate(model, x, s))
         # The lower member reuses the first outputs: DPM-Solver-1 (order 2) or DPM-Solver-2 with r1 (order 3).
         n_low = self.order - 1
         x_low = exponential_update(x, s, t, values[:n_low], fractions[:n_low], self.predict, self.solver_type)
-        return StepResult(x=x_high, state=State(step_index=state.step_index + 1), nfe=nfe, x_low=x_low)
+        return Update(x_high, x_low=x_low)

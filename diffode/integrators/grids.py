@@ -36,7 +36,13 @@ class TimeGrid(abc.ABC):
     """A rule that places ``n`` steps (``n + 1`` times) from ``t_start`` to ``t_end``.
 
     The built-in grids validate their arguments with :func:`check_grid_args`.
+
+    Attributes:
+        uniform_in_lambda: Whether its steps are equal in $\\lambda$ (then any subset of equal
+            steps is again such a grid, which DPM-Solver-fast's plan uses).
     """
+
+    uniform_in_lambda: bool = False
 
     @abc.abstractmethod
     def times(self, schedule: NoiseSchedule, t_start: float, t_end: float, n: int) -> Tensor:
@@ -56,6 +62,8 @@ class UniformTime(TimeGrid):
 
 class UniformLambda(TimeGrid):
     r"""Equal steps in the half log-SNR $\lambda$ (``skip_type="logSNR"``)."""
+
+    uniform_in_lambda = True
 
     def times(self, schedule: NoiseSchedule, t_start: float, t_end: float, n: int) -> Tensor:
         t_start, t_end, n = check_grid_args(schedule, t_start, t_end, n)
@@ -97,7 +105,7 @@ class Karras(TimeGrid):
 
 
 class GivenTimes(TimeGrid):
-    """A grid the user gives; ``t_start``, ``t_end`` and ``n`` must agree with it."""
+    """A grid the user gives: :meth:`times` returns it whatever the arguments (a plan checks its length)."""
 
     def __init__(self, times):
         try:

@@ -2,10 +2,12 @@ r"""Multistep DPM-Solver and DPM-Solver++ (exponential Adams--Bashforth methods)
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from torch import Tensor
 
 from diffode._utils import check_choice
-from diffode.integrators.base import ExponentialIntegrator, History, State, StepResult, exponential_update, settled
+from diffode.integrators.base import ExponentialIntegrator, History, State, Update, apply_lower_order_final, exponential_update
 from diffode.integrators.singlestep import STAGES, run_stages
 from diffode.models.predictor import Predictor
 from diffode.schedules.base import TimePoint
@@ -59,37 +61,31 @@ class DPMSolverMultistep(ExponentialIntegrator):
         return (f"DPMSolverMultistep(order={self.order}, predict={self.predict!r}, "
                 f"solver_type={self.solver_type!r}, warmup={self.warmup!r})")
 
-    def step_orders(self, n_steps: int, lower_order_final: bool = False) -> list[int]:
-        """Orders per step: the warm-up (by history) and, with ``lower_order_final`` and fewer than 10
-        steps, the reference's lower orders at the end, ``min(order, n_steps - i)``."""
-        orders = [min(self.order, i + 1) for i in range(n_steps)]
-        if self.warmup == "singlestep" and self.order >= 3:
-            orders = [min(self.order, i + 2) for i in range(n_steps)]
-        if lower_order_final and n_steps < 10:
-            orders = [min(o, n_steps - i) for i, o in enumerate(orders)]
-        return orders
+    def step_orders(self, n_steps: int, lower_order_final: bool | int = False) -> list[int]:
+        """Orders per step: the warm-up (orders 1, 2, ... while the history fills; one order higher
+        with the singlestep warm-up), then :func:`~diffode.integrators.base.apply_lower_order_final`."""
+        lead = 2 if self.warmup == "singlestep" and self.order >= 3 else 1
+        return apply_lower_order_final([min(self.order, i + lead) for i in range(n_steps)], lower_order_final)
+
+    def evaluations(self, orders: Sequence[int]) -> int:
+        r"""One evaluation per step; a first step of order $k \ge 2$ (no history yet) runs $k$ stages."""
+        return len(orders) + (orders[0] - 1 if orders else 0)
 
     def update_factors(self, n_nodes: int, z: float):
         """Override point for variants that weight the Taylor terms differently (``None``: exact)."""
         return None
 
-    def step(self, model: Predictor, x: Tensor, s: TimePoint, t: TimePoint, state: State,
-             order: int | None = None) -> StepResult:
-        order = self.order if order is None else order
-        m_s = self.evaluate(model, x, s, defer=True)
-        nfe = 1
-        if t.lam == s.lam:
-            x_t = x.clone()
-        elif not state.history and order >= 2:
+    def _step(self, model: Predictor, x: Tensor, s: TimePoint, t: TimePoint, state: State, order: int) -> Update:
+        m_s = self.evaluate(model, x, s)
+        if not state.history and order >= 2:
             # First step at order >= 2: no earlier outputs, so take a singlestep step of that order.
-            x_t, nfe, _, _ = run_stages(self, model, x, s, t, STAGES[(order, self.solver_type)], m_s)
+            x_t, _, _ = run_stages(self, model, x, s, t, STAGES[(order, self.solver_type)], m_s)
         else:
             used = (*state.history, History(s.lam, m_s))[-order:]
             h = t.lam - s.lam
-            nodes = [(p.lam - s.lam) / h for p in used]
+            # (With h = 0 the update is the identity and ignores the nodes.)
+            nodes = [(p.lam - s.lam) / h for p in used] if h != 0.0 else [0.0] * len(used)
             factors = self.update_factors(len(used), -h if self.predict == "data" else h)
-            x_t = exponential_update(x, s, t, [p.value for p in used], nodes, self.predict,
-                                     self.solver_type, factors)
-        keep = max(self.order - 1, 0)  # outputs the next steps use (a deferred one is computed by now)
-        history = (*state.history, History(s.lam, settled(m_s)))[-keep:] if keep else ()
-        return StepResult(x=x_t, state=State(history=history, step_index=state.step_index + 1), nfe=nfe)
+            x_t = exponential_update(x, s, t, [p.value for p in used], nodes, self.predict, self.solver_type, factors)
+        keep = self.order - 1  # the outputs the next steps use
+        return Update(x_t, history=(*state.history, History(s.lam, m_s))[-keep:] if keep else ())

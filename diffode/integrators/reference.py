@@ -108,7 +108,7 @@ def integrate_in_lambda(model: Predictor, x: Tensor, lams: Sequence[float], poin
         nonlocal nfe
         nfe += 1
         p = point_at(float(lam))
-        eps = model.predict(p.alpha * y, p, "noise").value()
+        eps = model.predict(p.alpha * y, p, "noise")
         return eps * (-p.sigma / p.alpha)  # -exp(-lambda) = -sigma/alpha
 
     points = [point_at(lam) for lam in lams]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -37,14 +38,47 @@ def register(name: str, description: str):
 
 
 def get_integrator(name_or_instance: str | Integrator) -> Integrator:
-    """An integrator from a registered name, or the instance itself."""
+    """An integrator from a registered name, a ``package.module:name`` reference, or the instance itself.
+
+    A reference names an :class:`~diffode.integrators.Integrator` subclass (built with its default
+    arguments), an instance, or a factory that returns one; importing the module may also register
+    names, so ``my_package.solvers:my_solver`` works for a registered name defined there too.
+    """
     if isinstance(name_or_instance, Integrator):
         return name_or_instance
     if not isinstance(name_or_instance, str):
         raise TypeError(f"expected an integrator name or instance, got {type(name_or_instance).__name__}")
-    if name_or_instance not in INTEGRATORS:
-        raise ValueError(f"unknown integrator {name_or_instance!r}; registered: {', '.join(sorted(INTEGRATORS))}")
-    return INTEGRATORS[name_or_instance].factory()
+    if name_or_instance in INTEGRATORS:
+        return INTEGRATORS[name_or_instance].factory()
+    if ":" in name_or_instance:
+        return _from_reference(name_or_instance)
+    raise ValueError(f"unknown integrator {name_or_instance!r}; registered: {', '.join(sorted(INTEGRATORS))}; "
+                     "or give an integrator of your own as package.module:name")
+
+
+def _from_reference(reference: str) -> Integrator:
+    module_name, _, attribute = reference.partition(":")
+    if not module_name or not attribute:
+        raise ValueError(f"an integrator reference must look like package.module:name, got {reference!r}")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as error:
+        raise ValueError(f"cannot import {module_name!r} for the integrator {reference!r}: {error}") from None
+    if attribute in INTEGRATORS and not hasattr(module, attribute):
+        return INTEGRATORS[attribute].factory()
+    obj = module
+    for part in attribute.split("."):
+        if not hasattr(obj, part):
+            raise ValueError(f"{module_name!r} has no attribute {attribute!r} (from the integrator {reference!r})")
+        obj = getattr(obj, part)
+    if isinstance(obj, Integrator):
+        return obj
+    if callable(obj):
+        made = obj()
+        if isinstance(made, Integrator):
+            return made
+        raise TypeError(f"{reference!r} returned {type(made).__name__}, not a diffode Integrator")
+    raise TypeError(f"{reference!r} is a {type(obj).__name__}, not an Integrator class, instance or factory")
 
 
 def _add(name: str, description: str, factory: Callable[[], Integrator]) -> None:
@@ -57,7 +91,7 @@ for _p, _tag, _paper in (("data", "dpmpp", "DPM-Solver++"), ("noise", "dpm", "DP
     for _k in (2, 3):
         _add(f"{_tag}_{_k}m", f"{_paper} multistep order {_k}, lower-order warm-up, 1 NFE/step",
              lambda k=_k, p=_p: DPMSolverMultistep(k, p))
-        _add(f"{_tag}_{_k}s", f"{_paper} singlestep order {_k}, {_k} NFE/step",
+        _add(f"{_tag}_{_k}s", f"{_paper} singlestep order {_k}, {_k} NFE/step (a budget split as DPM-Solver-fast)",
              lambda k=_k, p=_p: DPMSolverSinglestep(k, p))
         _add(f"{_tag}_adaptive_{_k - 1}{_k}", f"{_paper}-{_k - 1}{_k} adaptive embedded pair, {_k} NFE/step",
              lambda k=_k, p=_p: DPMSolverAdaptive(k, p))

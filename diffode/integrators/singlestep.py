@@ -2,18 +2,21 @@ r"""Singlestep DPM-Solver and DPM-Solver++ (exponential Runge--Kutta methods).""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor
 
-from diffode._utils import check_finite_number
-from diffode.integrators.base import (ExponentialIntegrator, State, StepResult, exponential_update, point_at_lambda,
-                                     settled)
-from diffode.models.parameterizations import Deferred, Scaled
+from diffode._utils import check_choice, check_finite_number
+from diffode.integrators.base import ExponentialIntegrator, State, Update, exponential_update, point_at_lambda
+from diffode.integrators.grids import GivenTimes, TimeGrid
 from diffode.models.predictor import Predictor
-from diffode.schedules.base import TimePoint
+from diffode.schedules.base import NoiseSchedule, TimePoint
 
-__all__ = ["DPMSolverSinglestep", "Stage", "run_stages", "stages_for"]
+__all__ = ["DPMSolverSinglestep", "Stage", "run_stages", "singlestep_orders", "stages_for"]
+
+SPLITS = ("fast", "fixed")
 
 
 @dataclass(frozen=True)
@@ -50,17 +53,32 @@ def stages_for(order: int, solver_type: str, r1: float | None = None, r2: float 
 STAGES = {(k, st): stages_for(k, st) for k in (1, 2, 3) for st in ("dpmsolver", "taylor")}
 
 
-def run_stages(integrator: ExponentialIntegrator, model: Predictor, x: Tensor, s: TimePoint, t: TimePoint,
-               stages: tuple[Stage, ...], m_s: Scaled | Deferred) -> tuple[Tensor, int, list[Scaled], list[float]]:
-    """Run the stages of one singlestep step.
+def singlestep_orders(nfe: int, order: int) -> list[int]:
+    """How DPM-Solver-fast splits ``nfe`` evaluations into steps of order 3, 2 and 1 (as the paper does).
 
-    Stage outputs are asked for deferred (:meth:`Integrator.evaluate <diffode.integrators.Integrator.evaluate>`),
-    so that the stage update that first uses one computes it in its own pass.
+    Order 3: ``nfe = 3K`` gives ``[3]*(K-1) + [2, 1]``, ``3K+1`` gives ``[3]*K + [1]``, ``3K+2`` gives
+    ``[3]*K + [2]``; order 2: ``[2]*K`` plus a final ``1`` when ``nfe`` is odd; order 1: ``[1]*nfe``.
+    """
+    if order == 3:
+        k = nfe // 3 + 1
+        if nfe % 3 == 0:
+            return [3] * (k - 2) + [2, 1]
+        if nfe % 3 == 1:
+            return [3] * (k - 1) + [1]
+        return [3] * (k - 1) + [2]
+    if order == 2:
+        return [2] * (nfe // 2) + ([1] if nfe % 2 else [])
+    return [1] * nfe
+
+
+def run_stages(integrator: ExponentialIntegrator, model: Predictor, x: Tensor, s: TimePoint, t: TimePoint,
+               stages: tuple[Stage, ...], m_s: Tensor) -> tuple[Tensor, list[Tensor], list[float]]:
+    """Run the stages of one singlestep step, the model output at the start ``m_s`` given.
 
     Returns:
-        ``(x_t, nfe, values, fractions)``: the new state, the evaluations this step used (``m_s``
-        included), and the model output of every stage with its fraction of the step (0 for the
-        output at the start), which embedded pairs reuse for their lower-order member.
+        ``(x_t, values, fractions)``: the new state, and the model output of every stage with its
+        fraction of the step (0 for the output at the start), which embedded pairs reuse for their
+        lower-order member.
     """
     h = t.lam - s.lam
     values, fractions = [m_s], [0.0]
@@ -68,12 +86,12 @@ def run_stages(integrator: ExponentialIntegrator, model: Predictor, x: Tensor, s
         point = point_at_lambda(model.schedule, s.lam + stage.c * h)
         u = exponential_update(x, s, point, [values[j] for j in stage.nodes],
                                [fractions[j] / stage.c for j in stage.nodes], integrator.predict, stage.solver_type)
-        values.append(integrator.evaluate(model, u, point, defer=True))
+        values.append(integrator.evaluate(model, u, point))
         fractions.append(stage.c)
     final = stages[-1]
     x_t = exponential_update(x, s, t, [values[j] for j in final.nodes], [fractions[j] for j in final.nodes],
                              integrator.predict, final.solver_type)
-    return x_t, len(stages), [settled(v) for v in values], fractions
+    return x_t, values, fractions
 
 
 class DPMSolverSinglestep(ExponentialIntegrator):
@@ -88,7 +106,7 @@ class DPMSolverSinglestep(ExponentialIntegrator):
     the line through the outputs at 0 and $r_2$ (``"dpmsolver"``, the paper's DPM-Solver-3).
 
     * Order: ``order`` (1, 2 or 3); 1 is DDIM.
-    * Model evaluations per step: ``order``.
+    * Model evaluations per step: the step's order.
     * Error estimate: none (see :class:`~diffode.integrators.DPMSolverAdaptive`).
 
     Args:
@@ -101,6 +119,10 @@ class DPMSolverSinglestep(ExponentialIntegrator):
             condition and the ``"taylor"`` type the stage condition (its weight on the first-order
             stage at $r_1$ is then $O(h)$), so both converge at order 2 on a model that depends on
             $x$ (see ``tests/integrators/test_coefficients_sympy.py``).
+        split: How :meth:`plan` spends a budget: ``"fast"`` (DPM-Solver-fast: steps of order 3, 2
+            and 1 that use every evaluation, :func:`singlestep_orders`; the step ends taken from the
+            grid of ``nfe`` points, or equal in $\lambda$ on a ``logSNR`` grid, as the reference does)
+            or ``"fixed"`` (every step of ``order``, ``nfe // order`` steps).
 
     ??? cite "Reference"
         Lu et al., *DPM-Solver: A Fast ODE Solver for Diffusion Probabilistic Model Sampling in
@@ -108,7 +130,7 @@ class DPMSolverSinglestep(ExponentialIntegrator):
     """
 
     def __init__(self, order: int = 3, predict: str = "data", solver_type: str = "dpmsolver",
-                 r1: float | None = None, r2: float | None = None):
+                 r1: float | None = None, r2: float | None = None, split: str = "fast"):
         super().__init__(order, predict, solver_type)
         for name, r in (("r1", r1), ("r2", r2)):
             if r is not None and not 0.0 < check_finite_number(name, r) < 1.0:
@@ -116,16 +138,33 @@ class DPMSolverSinglestep(ExponentialIntegrator):
         if r1 is not None and r2 is not None and r1 >= r2:
             raise ValueError(f"r1 must be < r2, got r1={r1}, r2={r2}")
         self.r1, self.r2 = r1, r2
+        self.split = check_choice("split", split, SPLITS)
+        self.evals_per_step = order
         self._stages = {k: stages_for(k, solver_type, r1 if k > 1 else None, r2 if k == 3 else None)
                         for k in (1, 2, 3)}
 
-    @property
-    def evals_per_step(self) -> int:  # type: ignore[override]
-        return self.order
+    def __repr__(self) -> str:
+        return (f"DPMSolverSinglestep(order={self.order}, predict={self.predict!r}, solver_type={self.solver_type!r}, "
+                f"split={self.split!r})")
 
-    def step(self, model: Predictor, x: Tensor, s: TimePoint, t: TimePoint, state: State,
-             order: int | None = None) -> StepResult:
-        order = self.order if order is None else order
-        m_s = self.evaluate(model, x, s, defer=True)
-        x_t, nfe, _, _ = run_stages(self, model, x, s, t, self._stages[order], m_s)
-        return StepResult(x=x_t, state=State(step_index=state.step_index + 1), nfe=nfe)
+    def evaluations(self, orders: Sequence[int]) -> int:
+        """A step of order ``k`` costs ``k`` evaluations."""
+        return sum(orders)
+
+    def plan_orders(self, nfe: int, lower_order_final: bool | int = True) -> list[int]:
+        if self.split == "fast":
+            return singlestep_orders(nfe, self.order)
+        if nfe < self.order:  # one step of the order the budget allows
+            return [nfe]
+        return [self.order] * (nfe // self.order)
+
+    def plan_times(self, schedule: NoiseSchedule, grid: TimeGrid, t_start: float, t_end: float,
+                   orders: Sequence[int]) -> Tensor:
+        if self.split == "fixed" or grid.uniform_in_lambda or isinstance(grid, GivenTimes):
+            return grid.times(schedule, t_start, t_end, len(orders))
+        full = grid.times(schedule, t_start, t_end, sum(orders))
+        return full[torch.cumsum(torch.tensor([0, *orders]), 0)]
+
+    def _step(self, model: Predictor, x: Tensor, s: TimePoint, t: TimePoint, state: State, order: int) -> Update:
+        x_t, _, _ = run_stages(self, model, x, s, t, self._stages[order], self.evaluate(model, x, s))
+        return Update(x_t)

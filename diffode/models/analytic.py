@@ -16,7 +16,6 @@ import torch
 from torch import Tensor
 
 from diffode._utils import Number, as_time
-from diffode.models.parameterizations import Scaled
 from diffode.models.predictor import Predictor, resolve_point
 from diffode.schedules.base import NoiseSchedule, TimePoint
 
@@ -159,10 +158,10 @@ class AnalyticPredictor(Predictor):
         self.mixture = mixture
         self.schedule = schedule
 
-    def predict(self, x: Tensor, point: TimePoint, kind: str) -> Scaled:
+    def predict(self, x: Tensor, point: TimePoint, kind: str) -> Tensor:
         if kind == "noise":
-            return Scaled(self.mixture.eps(x, point.alpha, point.sigma))
-        return Scaled(self.mixture.x0(x, point.alpha, point.sigma))
+            return self.mixture.eps(x, point.alpha, point.sigma)
+        return self.mixture.x0(x, point.alpha, point.sigma)
 
     def __repr__(self) -> str:
         return f"AnalyticPredictor({self.mixture!r}, {self.schedule!r})"

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from diffode._utils import check_finite_number
-from diffode.models.parameterizations import Scaled, axpy
+from diffode.models.parameterizations import Noise
 from diffode.models.predictor import Predictor
 from diffode.schedules.base import TimePoint
 
@@ -111,18 +111,19 @@ class ClassifierGuidance(Predictor):
             (grad,) = torch.autograd.grad(log_prob.sum(), x_in)
         return grad
 
-    def predict(self, x: Tensor, point: TimePoint, kind: str) -> Scaled:
-        eps = self.predictor.predict(x, point, "noise").value()
+    def predict(self, x: Tensor, point: TimePoint, kind: str) -> Tensor:
+        eps = self.predictor.predict(x, point, "noise")
         return self._guide(x, eps, x, point, kind)
 
-    def predict_mixed(self, x: Tensor, point: TimePoint, kind: str, network_dtype: torch.dtype) -> Scaled:
-        eps = self.predictor.predict_mixed(x, point, "noise", network_dtype).value()
+    def predict_mixed(self, x: Tensor, point: TimePoint, kind: str, network_dtype: torch.dtype) -> Tensor:
+        eps = self.predictor.predict_mixed(x, point, "noise", network_dtype)
         return self._guide(x, eps, x.to(network_dtype), point, kind)
 
-    def _guide(self, x: Tensor, eps: Tensor, x_classifier: Tensor, point: TimePoint, kind: str) -> Scaled:
+    def _guide(self, x: Tensor, eps: Tensor, x_classifier: Tensor, point: TimePoint, kind: str) -> Tensor:
         if self.scale != 0.0:
             grad = self.gradient(x_classifier, point).to(x.dtype)
-            eps = axpy(eps, grad, -self.scale * point.sigma)
-        if kind == "noise":
-            return Scaled(eps)
-        return Scaled(axpy(x, eps, -point.sigma), 1.0 / point.alpha)
+            eps = eps - (self.scale * point.sigma) * grad
+        return _NOISE.convert(kind, eps, x, point.alpha, point.sigma)
+
+
+_NOISE = Noise()

@@ -8,7 +8,6 @@ import torch
 from torch import Tensor
 
 from diffode._utils import Number, as_time, expand_to
-from diffode.models.parameterizations import Deferred, Scaled
 from diffode.schedules.base import NoiseSchedule, TimePoint
 
 __all__ = ["Predictor", "resolve_point"]
@@ -55,17 +54,13 @@ class Predictor(abc.ABC):
     schedule: NoiseSchedule
 
     @abc.abstractmethod
-    def predict(self, x: Tensor, point: TimePoint, kind: str) -> Scaled:
-        """The ``"noise"`` or ``"data"`` prediction at ``x`` and ``point``, as a :class:`Scaled` tensor."""
+    def predict(self, x: Tensor, point: TimePoint, kind: str) -> Tensor:
+        """The ``"noise"`` or ``"data"`` prediction at ``x`` and ``point``: a plain tensor of the shape of ``x``.
 
-    def predict_deferred(self, x: Tensor, point: TimePoint, kind: str) -> Scaled | Deferred:
-        """:meth:`predict`, or a :class:`~diffode.models.parameterizations.Deferred` prediction whose
-        conversion the update that uses it can fuse into its own pass (integrators ask for this).
-        This default computes the prediction; :class:`~diffode.models.wrapper.ModelWrapper` defers.
+        It must not modify ``x``; the integrators never modify what it returns.
         """
-        return self.predict(x, point, kind)
 
-    def predict_mixed(self, x: Tensor, point: TimePoint, kind: str, network_dtype: torch.dtype) -> Scaled:
+    def predict_mixed(self, x: Tensor, point: TimePoint, kind: str, network_dtype: torch.dtype) -> Tensor:
         """:meth:`predict` with the network run in ``network_dtype`` while ``x`` and the result stay in ``x.dtype``.
 
         The solvers use this to integrate a float16 or bfloat16 state in float32: the network sees
@@ -79,16 +74,15 @@ class Predictor(abc.ABC):
             kind: ``"noise"`` or ``"data"``.
             network_dtype: The dtype in which to run the network.
         """
-        out = self.predict(x.to(network_dtype), point, kind)
-        return Scaled(out.tensor.to(x.dtype), out.scale)
+        return self.predict(x.to(network_dtype), point, kind).to(x.dtype)
 
     def noise(self, x: Tensor, t: TimePoint | Tensor | Number) -> Tensor:
         """The noise prediction $\\hat\\epsilon(x, t)$; ``t`` is a number, a ``(B,)`` tensor or a TimePoint."""
-        return self.predict(x, resolve_point(self.schedule, t, x), "noise").value()
+        return self.predict(x, resolve_point(self.schedule, t, x), "noise")
 
     def data(self, x: Tensor, t: TimePoint | Tensor | Number) -> Tensor:
         """The data prediction $\\hat x_0(x, t)$; ``t`` is a number, a ``(B,)`` tensor or a TimePoint."""
-        return self.predict(x, resolve_point(self.schedule, t, x), "data").value()
+        return self.predict(x, resolve_point(self.schedule, t, x), "data")
 
     def __call__(self, x: Tensor, t: TimePoint | Tensor | Number) -> Tensor:
         """Same as :meth:`noise`."""

@@ -10,7 +10,7 @@ from torch import Tensor
 
 from diffode._utils import Number, check_choice, check_finite_number
 from diffode.models.guidance import ClassifierFreeGuidance, ClassifierGuidance
-from diffode.models.parameterizations import Deferred, Parameterization, Scaled, get_parameterization
+from diffode.models.parameterizations import Parameterization, get_parameterization
 from diffode.models.predictor import Predictor
 from diffode.schedules.base import NoiseSchedule, TimePoint
 
@@ -110,27 +110,14 @@ class ModelWrapper(Predictor):
             raise ValueError(f"the model returned a tensor on {out.device}, but x is on {x.device}")
         return out
 
-    def predict(self, x: Tensor, point: TimePoint, kind: str) -> Scaled:
-        return self._convert(self.forward(x, point.t), x, point, kind)
+    def predict(self, x: Tensor, point: TimePoint, kind: str) -> Tensor:
+        return self.parameterization.convert(kind, self.forward(x, point.t), x, point.alpha, point.sigma)
 
-    def predict_deferred(self, x: Tensor, point: TimePoint, kind: str) -> Scaled | Deferred:
-        """The prediction at a host time point, its conversion deferred when it needs ``x``."""
-        if not isinstance(point.alpha, float):
-            return self.predict(x, point, kind)
-        out = self.forward(x, point.t)
-        a, b = self.parameterization.affine(kind, point.alpha, point.sigma)
-        return Scaled(out, b) if a == 0.0 else Deferred(x, a, out, b)
-
-    def predict_mixed(self, x: Tensor, point: TimePoint, kind: str, network_dtype: torch.dtype) -> Scaled:
+    def predict_mixed(self, x: Tensor, point: TimePoint, kind: str, network_dtype: torch.dtype) -> Tensor:
         # Only the network runs in its dtype: the conversion to the noise or data prediction divides
         # by alpha or sigma, which would magnify a half-precision cancellation in x - sigma * eps.
         out = self.forward(x.to(network_dtype), point.t).to(x.dtype)
-        return self._convert(out, x, point, kind)
-
-    def _convert(self, out: Tensor, x: Tensor, point: TimePoint, kind: str) -> Scaled:
-        if kind == "noise":
-            return self.parameterization.noise(out, x, point.alpha, point.sigma)
-        return self.parameterization.data(out, x, point.alpha, point.sigma)
+        return self.parameterization.convert(kind, out, x, point.alpha, point.sigma)
 
     def __repr__(self) -> str:
         return f"ModelWrapper({self.parameterization!r}, {self.time_input!r}, {self.schedule!r})"

@@ -365,8 +365,9 @@ class VPSchedule(NoiseSchedule):
         return 1.0
 
     @staticmethod
-    def _log_alpha_from_lambda(lam: Tensor) -> Tensor:
-        # alpha^2 = 1 / (1 + exp(-2 lambda)) for VP schedules.
+    def log_alpha_from_lambda(lam: Tensor) -> Tensor:
+        """$\\log\\alpha$ of any VP path at half log-SNR ``lam``: $\\alpha^2 = 1/(1 + e^{-2\\lambda})$
+        (the path's time variable does not enter)."""
         return -0.5 * torch.logaddexp(torch.zeros_like(lam), -2.0 * lam)
 
 

@@ -153,7 +153,7 @@ class DiscreteVP(VPSchedule):
         lam = as_time(lam)
         t_array, log_alpha_array = self._arrays(lam)
         # log alpha is piecewise linear and decreasing in t, so its inverse is exact.
-        target = self._log_alpha_from_lambda(lam)
+        target = self.log_alpha_from_lambda(lam)
         return _interp(target, log_alpha_array.flip(0), t_array.flip(0))[0]
 
     def to_discrete(self, t: Tensor | Number) -> Tensor:
@@ -236,5 +236,5 @@ class CosineVP(VPSchedule):
 
     def inverse_lambda(self, lam: Tensor | Number) -> Tensor:
         lam = as_time(lam)
-        log_alpha = self._log_alpha_from_lambda(lam)
+        log_alpha = self.log_alpha_from_lambda(lam)
         return torch.arccos(torch.exp(log_alpha + self._log_cos_u0)) / self._scale - self.s

@@ -226,7 +226,7 @@ def _api_module(m: re.Match) -> str:
 
 
 #: The packages whose ``__all__`` the API overview lists (those that do not exist are left out).
-OVERVIEW_PACKAGES = ("diffode", "diffode.schedules", "diffode.models", "diffode.integrators", "diffode.kernels",
+OVERVIEW_PACKAGES = ("diffode", "diffode.schedules", "diffode.models", "diffode.integrators",
                      "diffode.integrations", "diffode.compat")
 
 

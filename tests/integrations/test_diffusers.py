@@ -14,7 +14,6 @@ pytest.importorskip("diffusers")
 from diffusers import DDPMScheduler, DPMSolverMultistepScheduler, PNDMScheduler, UniPCMultistepScheduler  # noqa: E402
 
 import diffode as dd  # noqa: E402
-from diffode import kernels  # noqa: E402
 from diffode.integrations import multistep_orders  # noqa: E402
 from diffode.integrations.diffusers import DiffodeScheduler, supported_integrators  # noqa: E402
 
@@ -98,29 +97,22 @@ def test_third_order_uses_diffodes_exact_weights():
 @pytest.mark.parametrize("integrator", supported_integrators())
 @pytest.mark.parametrize("final", ["zero", "sigma_min"])
 def test_scheduler_is_diffodes_own_sampler(integrator, final):
-    """Step by step, the scheduler runs the integrator as diffode's solve() does (float64): exactly
-    with eager updates; to rounding with the fused ones (solve may fuse the conversion of the
-    network output it owns into the update; the scheduler's output belongs to the pipeline)."""
-    for fused in (False, True):
-        with kernels.use_kernels(fused):
-            scheduler = DiffodeScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
-                                         integrator=integrator, final_sigmas_type=final)
-            x = x_T(dtype=torch.float64)
-            got = run(scheduler, x, 9, "epsilon")
-            network = toy_model(scheduler, "epsilon")
-            model = dd.wrap(lambda x, t_input: network(x, round(float(t_input[0]))), scheduler.schedule, "noise")
-            times = scheduler.times
-            orders = multistep_orders(dd.get_integrator(integrator), 9, True)
-            assert scheduler.step_orders == orders
-            if final == "zero":
-                solution = dd.solve(model, x, dd.get_integrator(integrator), times, orders=orders[:-1])
-                expected = model.data(solution.x, times[-1])
-            else:
-                expected = dd.solve(model, x, dd.get_integrator(integrator), times, orders=orders).x
-        if fused:
-            torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
-        else:
-            assert torch.equal(got, expected)
+    """Step by step, the scheduler runs the integrator as diffode's solve() does (float64), exactly."""
+    scheduler = DiffodeScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                                 integrator=integrator, final_sigmas_type=final)
+    x = x_T(dtype=torch.float64)
+    got = run(scheduler, x, 9, "epsilon")
+    network = toy_model(scheduler, "epsilon")
+    model = dd.wrap(lambda x, t_input: network(x, round(float(t_input[0]))), scheduler.schedule, "noise")
+    times = scheduler.times
+    orders = multistep_orders(dd.get_integrator(integrator), 9, True)
+    assert scheduler.step_orders == orders
+    if final == "zero":
+        solution = dd.solve(model, x, dd.get_integrator(integrator), times, orders=orders[:-1])
+        expected = model.data(solution.x, times[-1])
+    else:
+        expected = dd.solve(model, x, dd.get_integrator(integrator), times, orders=orders).x
+    assert torch.equal(got, expected)
     assert times[0] == 1.0 and (final == "zero" or times[-1] == 1e-3)
 
 

@@ -40,7 +40,6 @@ from diffode.integrators.base import History, State, exponential_update
 from diffode.integrators.coefficients import phi, update_weights
 from diffode.integrators.multistep import DPMSolverMultistep
 from diffode.integrators.singlestep import DPMSolverSinglestep, stages_for
-from diffode.models.parameterizations import Scaled
 from diffode.models.predictor import Predictor
 from diffode.schedules import LinearVP
 
@@ -340,9 +339,8 @@ def test_exponential_update_order2_matches_paper(predict, kind, solver_type, ste
     t = SCHED.point_at_lambda(s.lam + step)
     x, m0, m1 = _tensors(3)
     r = 0.5 if kind == "single" else 0.73
-    # non-unit scales: the update must fold them into its weights
-    values = [Scaled(m0 / 0.25, 0.25), Scaled(m1 * 3.0, 1.0 / 3.0)]
-    m0v, m1v = values[0].value(), values[1].value()
+    values = [m0, m1]
+    m0v, m1v = m0, m1
     nodes = [0.0, r] if kind == "single" else [0.0, -r]
     got = exponential_update(x, s, t, values, nodes, predict, solver_type)
     numbers = {**_point_values(s, t), R: mpmath.mpf(r)}
@@ -359,7 +357,7 @@ def test_exponential_update_between_schedule_points():
     x, m0, m1 = _tensors(3, seed=1)
     for predict in PREDICTS:
         for st in SOLVER_TYPES:
-            got = exponential_update(x, s, t, [Scaled(m0), Scaled(m1)], [0.0, 0.5], predict, st)
+            got = exponential_update(x, s, t, [m0, m1], [0.0, 0.5], predict, st)
             numbers = {**_point_values(s, t), R: mpmath.mpf(0.5)}
             expected = _evaluate_linear_form(paper_order2(predict, "single", st), (X, M0, M1), (x, m0, m1), numbers)
             torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-13 * float(expected.abs().max()))
@@ -374,7 +372,7 @@ def test_exponential_update_order3_multistep_closed_forms(predict, step):
     x, m0, m1, m2 = _tensors(4, seed=2)
     r0, r1 = 0.8, 1.7
     nodes = [-(r0 + r1), -r0, 0.0]  # oldest first, as the multistep integrator passes them
-    values = [Scaled(m2), Scaled(m1), Scaled(m0)]
+    values = [m2, m1, m0]
     numbers = {**_point_values(s, t), R0: mpmath.mpf(r0), R1: mpmath.mpf(r1)}
     atol = 1e-13 * float(x.abs().max())
     for factor, factors in ((2, None), (1, [phi(k, SGN[predict] * (t.lam - s.lam)) for k in (1, 2, 3)])):
@@ -390,7 +388,7 @@ class XModel(Predictor):
         self.schedule = schedule
 
     def predict(self, x, point, kind):
-        return Scaled(2.0 * (0.6 * torch.tanh(x) + math.cos(2.0 * point.lam) + 0.1 * point.lam), 0.5)
+        return 0.6 * torch.tanh(x) + math.cos(2.0 * point.lam) + 0.1 * point.lam
 
 
 def reference_singlestep(model, x, s, t, order, predict, solver_type, r1, r2):
@@ -411,7 +409,7 @@ def reference_singlestep(model, x, s, t, order, predict, solver_type, r1, r2):
     def k1(p): return -p.alpha if data else -p.sigma  # factor of the phi_1 term
     def k2(p): return p.alpha if data else -p.sigma  # factor of the phi_2 term
     def k3(p): return -p.alpha if data else -p.sigma  # factor of the phi_3 term
-    def output(y, p): return model.predict(y, p, predict).value()
+    def output(y, p): return model.predict(y, p, predict)
 
     m_s = output(x, s)
     start = lin(t) * x + k1(t) * phi1(h) * m_s
@@ -655,7 +653,7 @@ class LambdaOnlyModel(Predictor):
     def predict(self, x, point, kind):
         tau = point.lam - LAM_S
         value = sum(d * tau**k / math.factorial(k) for k, d in enumerate(D_VALUES))
-        return Scaled(torch.full_like(x, value / 2.0), 2.0)
+        return torch.full_like(x, value)
 
 
 def _exact_integral(sgn: int, h: float) -> mpmath.mpf:

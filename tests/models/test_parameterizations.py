@@ -3,7 +3,7 @@ import torch
 
 import diffode as dd
 from diffode.models import get_parameterization
-from tests.helpers import mixture2, schedules
+from tests.helpers import mixture2
 
 NAMES = ["noise", "data", "v", "score"]
 
@@ -80,45 +80,18 @@ def test_affine_is_the_one_conversion_table(name, kind):
     torch.testing.assert_close(a * x + b * out, expected, rtol=1e-12, atol=1e-12)
     involves_x = {("noise", "data"), ("data", "noise"), ("v", "noise"), ("v", "data"), ("score", "data")}
     assert (a != 0.0) == ((name, kind) in involves_x)
-    if a == 0.0:  # the prediction is the output itself, scaled: no tensor operation
-        converted = param.noise(out, x, p.alpha, p.sigma) if kind == "noise" else param.data(out, x, p.alpha, p.sigma)
-        assert converted.tensor is out
+    converted = param.convert(kind, out, x, p.alpha, p.sigma)
+    torch.testing.assert_close(converted, expected, rtol=1e-12, atol=1e-12)
+    if (a, b) == (0.0, 1.0):  # the prediction is the output itself: no tensor operation
+        assert converted is out
 
 
-def test_deferred_prediction_is_computed_once_and_drops_its_inputs():
-    from diffode.models.parameterizations import Deferred
-
-    x, out = torch.randn(3, 4), torch.randn(3, 4)
-    d = Deferred(x, 0.5, out, -2.0)
-    assert not d.settled and "a=0.5" in repr(d)
-    value = d.scaled()
-    torch.testing.assert_close(value.value(), 0.5 * x - 2.0 * out)
-    assert d.settled and d.x is None and d.out is None and d.scaled() is value
-
-
-def test_deferred_output_is_exclusive_only_when_nothing_else_can_see_it():
-    from diffode.models.parameterizations import Deferred
-
-    # (each check is taken outside `assert`: pytest's assertion rewriting keeps the operands alive)
-    x = torch.randn(3, 4)
-    d = Deferred(x, 1.0, torch.randn(3, 4), 1.0)
-    exclusive = d.output_is_exclusive()
-    assert exclusive
-    kept = torch.randn(3, 4)
-    exclusive = Deferred(x, 1.0, kept, 1.0).output_is_exclusive()
-    assert not exclusive  # the caller still holds it
-    base = torch.randn(6, 4)
-    exclusive = Deferred(x, 1.0, base[:3], 1.0).output_is_exclusive()
-    assert not exclusive  # a view of a larger buffer
-    view = d.out.view(12)
-    exclusive = d.output_is_exclusive()
-    assert not exclusive  # someone holds a view of it
-    del view
-    exclusive = d.output_is_exclusive()
-    assert exclusive
-    leaf = torch.randn(3, 4, requires_grad=True)
-    exclusive = Deferred(x, 1.0, leaf * 1.0, 1.0).output_is_exclusive()
-    assert not exclusive  # part of an autograd graph
-    d.scaled()
-    exclusive = d.output_is_exclusive()
-    assert not exclusive  # settled: nothing left to overwrite
+def test_conversions_never_write_their_inputs():
+    s = dd.LinearVP()
+    p = s.point(0.37)
+    for name in NAMES:
+        for kind in ("noise", "data"):
+            x, out = torch.randn(6, 4, dtype=torch.float64), torch.randn(6, 4, dtype=torch.float64)
+            x_copy, out_copy = x.clone(), out.clone()
+            get_parameterization(name).convert(kind, out, x, p.alpha, p.sigma)
+            assert torch.equal(x, x_copy) and torch.equal(out, out_copy)

@@ -8,7 +8,6 @@ import sys
 import torch
 
 import diffode as dd
-from diffode.models import Scaled
 from tests.helpers import DDPM_BETAS, gaussian, mixture2
 
 SOLVE_MODULE = sys.modules["diffode.solve"]  # ``diffode.solve`` the attribute is the function
@@ -59,11 +58,11 @@ class Poisoned(dd.Predictor):
 
     def predict(self, x, point, kind):
         self.times.append(point.t)
-        out = self.inner.predict(x, point, kind).value()
+        out = self.inner.predict(x, point, kind)
         if point.t < self.below:
             out = out.clone()
             out[self.samples] = self.value
-        return Scaled(out)
+        return out
 
 
 def rounded_exact_network(mixture: dd.GaussianMixture, schedule_: dd.NoiseSchedule):
