@@ -1,6 +1,7 @@
 """diffode: verified DPM-Solver integrators for the ODEs of diffusion models."""
 
 from diffode import integrators, models, schedules
+from diffode import likelihood, sde  # after models and schedules, which they use
 from diffode.controllers import AdaptiveController
 from diffode.integrators import DPMSolver, get_integrator, solve_reference
 from diffode.models import GaussianMixture, Predictor, wrap
@@ -12,5 +13,5 @@ __version__ = "0.1.0"
 __all__ = [
     "EDM", "VE", "AdaptiveController", "CosineVP", "DPMSolver", "DiscreteVP", "FlowMatching", "GaussianMixture",
     "LinearVP", "NoiseSchedule", "NonFiniteError", "Predictor", "Solution", "SubVP", "__version__", "get_integrator",
-    "integrators", "models", "schedules", "solve", "solve_adaptive", "solve_reference", "wrap",
+    "integrators", "likelihood", "models", "schedules", "sde", "solve", "solve_adaptive", "solve_reference", "wrap",
 ]

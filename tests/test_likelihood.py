@@ -149,3 +149,14 @@ def test_bad_arguments():
         bits_per_dim(torch.zeros(1), 3, data_scale=0.0)
     with pytest.raises(TypeError, match="prior_logp must be a callable"):
         log_likelihood(model, x, prior_logp=1.0)
+
+
+@pytest.mark.parametrize("parameterization", ["noise", "data"])
+def test_a_wrapped_network_gives_the_analytic_models_result(parameterization):
+    s = dd.LinearVP()
+    g = gaussian()
+    x = data_at(g, s, 1e-3)
+    wrapped = dd.wrap(g.network(s, parameterization), s, parameterization)
+    a = log_likelihood(wrapped, x, t_end=1e-3)
+    b = log_likelihood(g.predictor(s), x, t_end=1e-3)
+    assert torch.allclose(a.log_p, b.log_p, rtol=1e-10, atol=1e-10) and a.nfe == b.nfe

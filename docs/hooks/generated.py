@@ -227,7 +227,7 @@ def _api_module(m: re.Match) -> str:
 
 #: The packages whose ``__all__`` the API overview lists (those that do not exist are left out).
 OVERVIEW_PACKAGES = ("diffode", "diffode.schedules", "diffode.models", "diffode.integrators", "diffode.kernels",
-                     "diffode.integrations", "diffode.compat")
+                     "diffode.sde", "diffode.likelihood", "diffode.integrations", "diffode.compat")
 
 
 def _api_overview() -> str:
