@@ -40,7 +40,7 @@ from diffode.schedules.subvp import SubVP
 from diffode.schedules.ve import VE
 from diffode.schedules.vp import LinearVP
 
-__all__ = ["SDE", "ReverseSDE", "SubVPSDE", "VESDE", "VPSDE", "score_function"]
+__all__ = ["SDE", "VESDE", "VPSDE", "ReverseSDE", "SubVPSDE", "score_function"]
 
 ScoreFn = Callable[[Tensor, Tensor], Tensor]
 

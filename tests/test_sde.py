@@ -198,7 +198,7 @@ def test_bad_arguments():
     with pytest.raises(TypeError, match="score_fn must be a callable"):
         VPSDE().reverse(3.0)
     with pytest.raises(AttributeError, match="variance-preserving schedules only"):
-        VESDE().discrete_betas
+        _ = VESDE().discrete_betas
     with pytest.raises(AttributeError, match="VE schedule only"):
-        VPSDE().discrete_sigmas
+        _ = VPSDE().discrete_sigmas
     assert isinstance(VPSDE().reverse(lambda x, t: x), ReverseSDE)

@@ -2,7 +2,6 @@ r"""score_sde's sub-VP path: the linear VP's $\alpha_t$ with $\sigma_t = 1 - \al
 
 from __future__ import annotations
 
-
 import torch
 from torch import Tensor
 
