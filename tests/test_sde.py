@@ -31,8 +31,8 @@ def bc(v):  # a (B,) tensor broadcast against (B, 3, 4)
 # -- the paper's SDEs -----------------------------------------------------------------------------------
 
 def vp_paper(x, t, b0, b1):
-    beta = b0 + t * (b1 - b0)                                      # beta(t), eq. (32)
-    log_mean = -0.25 * t**2 * (b1 - b0) - 0.5 * t * b0              # eq. (29)
+    beta = b0 + t * (b1 - b0)                                      # beta(t) = beta_min + t (beta_max - beta_min)
+    log_mean = -0.25 * t**2 * (b1 - b0) - 0.5 * t * b0              # log of the mean coefficient of p_0t
     return dict(drift=-0.5 * bc(beta) * x, diffusion=beta.sqrt(), mean=bc(log_mean.exp()) * x,
                 std=(1 - (2 * log_mean).exp()).sqrt())
 
@@ -40,13 +40,13 @@ def vp_paper(x, t, b0, b1):
 def subvp_paper(x, t, b0, b1):
     beta = b0 + t * (b1 - b0)
     log_mean = -0.25 * t**2 * (b1 - b0) - 0.5 * t * b0
-    discount = 1 - torch.exp(-2 * b0 * t - (b1 - b0) * t**2)        # eq. (11)
+    discount = 1 - torch.exp(-2 * b0 * t - (b1 - b0) * t**2)        # the sub-VP diffusion discount
     return dict(drift=-0.5 * bc(beta) * x, diffusion=(beta * discount).sqrt(), mean=bc(log_mean.exp()) * x,
                 std=1 - (2 * log_mean).exp())
 
 
 def ve_paper(x, t, smin, smax):
-    sigma = smin * (smax / smin) ** t                               # eq. (30)
+    sigma = smin * (smax / smin) ** t                               # sigma(t) of the VE SDE
     return dict(drift=torch.zeros_like(x), diffusion=sigma * math.sqrt(2 * (math.log(smax) - math.log(smin))),
                 mean=x, std=sigma)
 
@@ -135,9 +135,9 @@ def test_reverse_sde_and_probability_flow_match_the_paper(make, paper, params, p
     score = score_fn(x, t)
     g2 = bc(want["diffusion"] ** 2)
     drift, diffusion = rev.sde(x, t)
-    if probability_flow:   # eq. (13): dx = [f - g^2/2 score] dt
+    if probability_flow:   # probability flow: dx = [f - g^2/2 score] dt
         assert close(drift, want["drift"] - 0.5 * g2 * score) and torch.equal(diffusion, torch.zeros(B, dtype=torch.float64))
-    else:                  # eq. (6): dx = [f - g^2 score] dt + g dw
+    else:                  # reverse SDE: dx = [f - g^2 score] dt + g dw
         assert close(drift, want["drift"] - g2 * score) and close(diffusion, want["diffusion"])
     f, G = sde.discretize(x, t)
     rf, rG = rev.discretize(x, t)

@@ -38,7 +38,7 @@ class FlowMatching(NoiseSchedule):
 
     ??? cite "Reference"
         Liu et al., *Flow Straight and Fast*, arXiv:2209.03003; Esser et al., *Scaling Rectified Flow
-        Transformers for High-Resolution Image Synthesis* (SD3), arXiv:2403.03206, section 5.3.2.
+        Transformers for High-Resolution Image Synthesis* (SD3), arXiv:2403.03206 (the resolution-dependent time shift).
     """
 
     def __init__(self, shift: float = 1.0, T: float = 0.999):

@@ -30,7 +30,7 @@ class SubVP(NoiseSchedule):
 
     ??? cite "Reference"
         Song et al., *Score-Based Generative Modeling through Stochastic Differential Equations*,
-        arXiv:2011.13456, eq. (11) and Appendix B.
+        arXiv:2011.13456 (the sub-VP SDE).
     """
 
     def __init__(self, beta_0: float = 0.1, beta_1: float = 20.0):

@@ -37,7 +37,7 @@ class VE(VESchedule):
 
     ??? cite "Reference"
         Song et al., *Score-Based Generative Modeling through Stochastic Differential Equations*,
-        arXiv:2011.13456, eq. (30).
+        arXiv:2011.13456 (the VE SDE).
     """
 
     def __init__(self, sigma_min: float = 0.01, sigma_max: float = 50.0):

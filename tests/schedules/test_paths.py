@@ -40,7 +40,7 @@ def dlambda_dt(s, t: torch.Tensor) -> torch.Tensor:
 UNIT = st.one_of(st.just(0.0), st.floats(1e-278, 1.0))
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(name=st.sampled_from(NAMES), u=UNIT, decades=st.floats(0.0, 12.0))
 def test_inverse_lambda_round_trip_over_the_whole_range(name, u, decades):
     s = EVERY[name]
@@ -57,7 +57,7 @@ def test_inverse_lambda_round_trip_over_the_whole_range(name, u, decades):
     assert (back - t).abs().item() <= allowed.item(), (t.item(), back.item(), allowed.item())
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(name=st.sampled_from(NAMES), u=UNIT, v=st.floats(0.0, 1.0), decades=st.floats(0.0, 10.0))
 def test_lambda_strictly_decreasing(name, u, v, decades):
     s = EVERY[name]
@@ -70,7 +70,7 @@ def test_lambda_strictly_decreasing(name, u, v, decades):
     assert (s.lambda_(grid).diff() < 0).all()
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(name=st.sampled_from(NAMES), u=st.floats(1e-3, 1.0), decades=st.floats(0.0, 8.0))
 def test_f_and_g2_are_the_autograd_derivatives(name, u, decades):
     s = EVERY[name]
