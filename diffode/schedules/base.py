@@ -40,7 +40,7 @@ from diffode._utils import Number, as_time, check_finite_number, expand_to
 # inverse_lambda and of float32 copies of T); a zero t_min gets no slack, as t < 0 has no meaning.
 _TIME_SLACK = 1e-12
 
-__all__ = ["NoiseSchedule", "TimePoint", "VPSchedule", "memoised"]
+__all__ = ["NoiseSchedule", "TimePoint", "VESchedule", "VPSchedule", "memoised"]
 
 _V = TypeVar("_V")
 _MEMOS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -371,3 +371,21 @@ class VPSchedule(NoiseSchedule):
         return -0.5 * torch.logaddexp(torch.zeros_like(lam), -2.0 * lam)
 
 
+class VESchedule(NoiseSchedule):
+    """A variance-exploding schedule: $\\alpha_t = 1$, so $\\lambda_t = -\\log\\sigma_t$.
+
+    Subclasses implement :meth:`log_sigma` and :meth:`d_sigma2_dt`; $f = 0$ and
+    $g^2(t) = \\mathrm{d}\\sigma_t^2/\\mathrm{d}t$ follow. The prior is $\\mathcal N(0, \\sigma_T^2 I)$.
+    """
+
+    def log_alpha(self, t: Tensor | Number) -> Tensor:
+        return torch.zeros_like(as_time(t))
+
+    def f(self, t: Tensor | Number) -> Tensor:
+        return torch.zeros_like(as_time(t))
+
+    def g2(self, t: Tensor | Number) -> Tensor:
+        return self.d_sigma2_dt(t)
+
+    def lambda_(self, t: Tensor | Number) -> Tensor:
+        return -self.log_sigma(t)

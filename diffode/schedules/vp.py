@@ -193,11 +193,18 @@ class LinearVP(VPSchedule):
 
     def inverse_lambda(self, lam: Tensor | Number) -> Tensor:
         lam = as_time(lam)
-        # -log alpha = L/2 with L = log(1 + e^{-2 lambda}); solve the quadratic in t in the form
-        # without cancellation: t = 2L / (sqrt(beta_0^2 + 2 (beta_1 - beta_0) L) + beta_0).
-        big_l = torch.logaddexp(torch.zeros_like(lam), -2.0 * lam)
-        root = torch.sqrt(self.beta_0**2 + 2.0 * (self.beta_1 - self.beta_0) * big_l)
-        return 2.0 * big_l / (root + self.beta_0)
+        # -2 log alpha = log(1 + e^{-2 lambda}) on a VP path.
+        return self.time_from_integral(torch.logaddexp(torch.zeros_like(lam), -2.0 * lam))
+
+    def time_from_integral(self, integral: Tensor) -> Tensor:
+        r"""The time t with $\int_0^t \beta = -2\log\alpha_t$ equal to ``integral`` (>= 0).
+
+        Solves the quadratic $\beta_0 t + \tfrac12(\beta_1-\beta_0)t^2 = I$ in the form without
+        cancellation, $t = 2I / (\sqrt{\beta_0^2 + 2(\beta_1-\beta_0)I} + \beta_0)$. Shared with
+        :class:`~diffode.schedules.SubVP`, whose $\alpha_t$ is this schedule's.
+        """
+        root = torch.sqrt(self.beta_0**2 + 2.0 * (self.beta_1 - self.beta_0) * integral)
+        return 2.0 * integral / (root + self.beta_0)
 
 
 class CosineVP(VPSchedule):
@@ -219,7 +226,6 @@ class CosineVP(VPSchedule):
         self.t_min = 0.0
         self._scale = math.pi / (2.0 * (1.0 + self.s))
         self._u0 = self.s * self._scale
-        self._log_cos_u0 = math.log(math.cos(self._u0))
 
     def __repr__(self) -> str:
         return f"CosineVP(s={self.s}, T={self.T})"
@@ -237,4 +243,10 @@ class CosineVP(VPSchedule):
     def inverse_lambda(self, lam: Tensor | Number) -> Tensor:
         lam = as_time(lam)
         log_alpha = self.log_alpha_from_lambda(lam)
-        return torch.arccos(torch.exp(log_alpha + self._log_cos_u0)) / self._scale - self.s
+        # Not arccos(alpha cos u0) / scale - s, which loses all relative precision of small t. With
+        # d = t * scale, m = 1 - alpha = 2 sin^2(d/2) + tan(u0) sin(d) becomes a quadratic in
+        # tau = tan(d/2): (2 - m) tau^2 + 2 tan(u0) tau - m = 0, whose root is taken without cancellation.
+        m = -torch.expm1(log_alpha)
+        k = math.tan(self._u0)
+        tau = m / (k + torch.sqrt(k * k + m * (2.0 - m)))
+        return 2.0 * torch.atan(tau) / self._scale

@@ -226,8 +226,8 @@ def _api_module(m: re.Match) -> str:
 
 
 #: The packages whose ``__all__`` the API overview lists (those that do not exist are left out).
-OVERVIEW_PACKAGES = ("diffode", "diffode.schedules", "diffode.models", "diffode.integrators",
-                     "diffode.integrations", "diffode.compat")
+OVERVIEW_PACKAGES = ("diffode", "diffode.schedules", "diffode.models", "diffode.integrators", "diffode.sde",
+                     "diffode.likelihood", "diffode.integrations", "diffode.compat")
 
 
 def _api_overview() -> str:

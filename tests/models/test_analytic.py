@@ -1,29 +1,47 @@
+import math
+
 import pytest
 import torch
 
 import diffode as dd
-from tests.helpers import mixture2, mixture4, schedules
+from tests.helpers import every_schedule, gaussian, mixture2, mixture4
 
 
-@pytest.mark.parametrize("sname", ["discrete", "linear", "cosine"])
+@pytest.mark.parametrize("sname", sorted(every_schedule()))
 @pytest.mark.parametrize("make", [mixture2, mixture4])
 def test_eps_is_minus_sigma_times_autograd_score(sname, make):
-    s = schedules()[sname]
+    s = every_schedule()[sname]
     gm = make()
     x = torch.randn(5, *gm.event_shape, dtype=torch.float64, requires_grad=True)
-    for t in (0.01, 0.3, 0.9):
+    for q in (0.01, 0.3, 0.9):
+        t = s.t_min + q * (s.T - s.t_min)
         (score,) = torch.autograd.grad(gm.log_prob(x, t, s).sum(), x)
         p = s.point(t)
         assert torch.allclose(gm.eps(x.detach(), p.alpha, p.sigma), -p.sigma * score, rtol=1e-10, atol=1e-12)
         assert torch.allclose(gm.score(x.detach(), t, s), score, rtol=1e-10, atol=1e-12)
 
 
-def test_x0_consistent_with_eps():
-    s = dd.LinearVP()
+@pytest.mark.parametrize("sname", sorted(every_schedule()))
+def test_x0_consistent_with_eps(sname):
+    s = every_schedule()[sname]
     gm = mixture2()
     x = torch.randn(6, 4, dtype=torch.float64)
-    p = s.point(0.2)
+    p = s.point(s.t_min + 0.2 * (s.T - s.t_min))
     assert torch.allclose(gm.x0(x, p.alpha, p.sigma), (x - p.sigma * gm.eps(x, p.alpha, p.sigma)) / p.alpha, atol=1e-12)
+
+
+@pytest.mark.parametrize("sname", sorted(every_schedule()))
+def test_single_gaussian_log_prob_is_the_closed_form_marginal(sname):
+    # x_t = alpha x_0 + sigma eps with x_0 ~ N(mu, s^2 I): x_t ~ N(alpha mu, (alpha^2 s^2 + sigma^2) I), any path.
+    s = every_schedule()[sname]
+    gm = gaussian()
+    x = torch.randn(7, 3, dtype=torch.float64) * 2
+    for q in (0.0, 0.4, 1.0):
+        t = max(s.t_min + q * (s.T - s.t_min), s.default_t_end)
+        a, sg = s.alpha(t).item(), s.sigma(t).item()
+        var = a**2 * gm.stds[0].item() ** 2 + sg**2
+        exact = torch.distributions.Normal(a * gm.means[0], math.sqrt(var)).log_prob(x).sum(-1)
+        assert torch.allclose(gm.log_prob(x, t, s), exact, rtol=1e-13, atol=1e-13)
 
 
 def test_image_shaped_mixture_and_log_prob_normalised():
