@@ -81,6 +81,9 @@ def solve_reference(model: Predictor, x: Tensor, t_start: Number, t_end: Number,
     return ReferenceSolution(x=xs[-1], xs=xs[1:-1] if extra else None, nfe=nfe)
 
 
+_ADAPTIVE_METHODS = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
+
+
 def integrate_in_lambda(model: Predictor, x: Tensor, lams: Sequence[float], point_at: Callable[[float], TimePoint], *,
                         rtol: float = 1e-10, atol: float = 1e-10, method: str = "dopri5") -> tuple[Tensor, int]:
     r"""Solve $\mathrm dy/\mathrm d\lambda = -e^{-\lambda}\hat\epsilon(\alpha y)$, $y = x/\alpha$, through ``lams``.
@@ -112,7 +115,10 @@ def integrate_in_lambda(model: Predictor, x: Tensor, lams: Sequence[float], poin
         return eps * (-p.sigma / p.alpha)  # -exp(-lambda) = -sigma/alpha
 
     points = [point_at(lam) for lam in lams]
+    # Where the vector field is tiny at the start (t ~ 1e-5 on a VP path), dopri5's own first-step
+    # guess jumps far past the end, where alpha underflows: start from a small step instead.
+    options = {"first_step": 1e-3 * abs(lams[-1] - lams[0])} if method in _ADAPTIVE_METHODS else None
     ys = odeint(rhs, x.to(torch.float64) / points[0].alpha, torch.tensor(lams, dtype=torch.float64), rtol=rtol,
-                atol=atol, method=method)
+                atol=atol, method=method, options=options)
     alphas = torch.tensor([p.alpha for p in points], dtype=torch.float64, device=x.device)
     return ys * alphas.reshape(-1, *([1] * x.ndim)), nfe

@@ -46,3 +46,13 @@ def test_reference_agrees_with_scipy_dop853_on_mixture():
     ref = solve_ivp(rhs, (s.T, 1e-3), x.reshape(-1).numpy(), method="DOP853", rtol=1e-12, atol=1e-12)
     expected = torch.from_numpy(ref.y[:, -1]).reshape(2, 3)
     assert (np.abs((sol.x - expected).numpy()).max() / expected.abs().max().item()) <= 1e-8
+
+
+def test_reference_from_a_tiny_time():
+    # From t = 1e-5 the vector field is tiny: dopri5's own first-step guess used to jump past
+    # lambda_T, where alpha underflows (ZeroDivisionError).
+    model = dd.GaussianMixture([1.0], [[0.5, -1.0]], [0.3]).predictor(dd.LinearVP())
+    x = torch.randn(4, 2, dtype=torch.float64)
+    solution = dd.solve_reference(model, x, 1e-5, 1.0)
+    closed = model.mixture.pf_solution(x, 1e-5, 1.0, model.schedule)
+    torch.testing.assert_close(solution.x, closed, rtol=1e-8, atol=1e-8)
