@@ -92,7 +92,7 @@ from diffode.integrators.base import Integrator, State
 from diffode.integrators.grids import Karras, TimeGrid, UniformLambda
 from diffode.integrators.multistep import DPMSolverMultistep
 from diffode.integrators.registry import INTEGRATORS, get_integrator
-from diffode.models.parameterizations import Parameterization, get_parameterization
+from diffode.models.parameterizations import get_parameterization
 from diffode.models.predictor import Predictor
 from diffode.schedules.base import TimePoint
 from diffode.schedules.vp import DiscreteVP
