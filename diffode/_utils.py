@@ -132,3 +132,14 @@ def check_choice(name: str, value: Any, allowed: Iterable[str]) -> str:
     if value not in allowed:
         raise ValueError(f"unknown {name} {value!r}; expected one of {', '.join(repr(a) for a in allowed)}")
     return value
+
+
+def preview(values: Any, head: int = 4) -> str:
+    """A short rendering of a long sequence for an error message: the first ``head`` values and the last.
+
+    ``[999, 998, 997, 996, ..., 0] (1000 values)`` rather than a thousand numbers.
+    """
+    items = values.tolist() if hasattr(values, "tolist") else list(values) if isinstance(values, Iterable) else values
+    if not isinstance(items, list) or len(items) <= head + 2:
+        return repr(items)
+    return f"[{', '.join(map(repr, items[:head]))}, ..., {items[-1]!r}] ({len(items)} values)"

@@ -13,11 +13,24 @@ from diffode.schedules.base import TimePoint
 __all__ = ["CorrectedData", "dynamic_thresholding"]
 
 
-def dynamic_thresholding(x0: Tensor, ratio: float = 0.995, max_val: float = 1.0) -> Tensor:
-    r"""Imagen's dynamic thresholding: per sample, $s = \max(q_{ratio}(|x_0|), \text{max\_val})$, then $\mathrm{clip}(x_0, -s, s)/s$."""
+def dynamic_thresholding(x0: Tensor, ratio: float = 0.995, max_val: float = 1.0, *,
+                         max_scale: float | None = None) -> Tensor:
+    r"""Imagen's dynamic thresholding: per sample $s = \mathrm{clip}(q_{ratio}(|x_0|), \text{max\_val}, \text{max\_scale})$,
+    then $\mathrm{clip}(x_0, -s, s)/s$.
+
+    The DPM-Solver reference bounds $s$ from below only (``max_scale=None``); diffusers' schedulers
+    (``thresholding=True``) use ``max_val=1`` and ``max_scale=sample_max_value``, which with their
+    default ``sample_max_value=1`` is plain clipping to $[-1, 1]$.
+
+    Args:
+        x0: The data prediction, batch first.
+        ratio: The quantile of $|x_0|$ per sample.
+        max_val: The lower bound of $s$.
+        max_scale: The upper bound of $s$ (``None``: none).
+    """
     flat = x0.abs().reshape(x0.shape[0], -1)
     s = torch.quantile(flat.float() if flat.dtype in (torch.float16, torch.bfloat16) else flat, ratio, dim=1)
-    s = torch.clamp_min(s, max_val).to(x0.dtype).reshape(-1, *([1] * (x0.ndim - 1)))
+    s = torch.clamp(s, min=max_val, max=max_scale).to(x0.dtype).reshape(-1, *([1] * (x0.ndim - 1)))
     return torch.maximum(torch.minimum(x0, s), -s) / s
 
 

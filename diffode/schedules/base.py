@@ -9,8 +9,9 @@ Where times are checked against ``[t_min, T]``:
 
 * **Host values are always checked.** :meth:`NoiseSchedule.points` and
   :meth:`~NoiseSchedule.point` compute in float64 on the host anyway, so they reject a NaN or
-  out-of-range time for free; every solver, grid and Python-number time argument
-  (``Predictor.noise(x, 0.5)``, ``add_noise(x0, 0.5)``) goes through them or through
+  out-of-range time for free, and snap a time that misses an end of the range by round-off (8
+  float32 ulps relative, about 1e-6) to that end; every solver, grid and Python-number time
+  argument (``Predictor.noise(x, 0.5)``, ``add_noise(x0, 0.5)``) goes through them or through
   :meth:`~NoiseSchedule.check_time`. The integrators' internal map
   :meth:`~NoiseSchedule.point_at_lambda` only rejects a NaN lambda or a non-finite point: an
   adaptive Runge--Kutta method may evaluate slightly past the end of its interval.
@@ -36,9 +37,12 @@ from torch import Tensor
 
 from diffode._utils import Number, as_time, check_finite_number, expand_to
 
-# Host times within this relative distance of [t_min, T] are treated as the end point (round-off of
-# inverse_lambda and of float32 copies of T); a zero t_min gets no slack, as t < 0 has no meaning.
-_TIME_SLACK = 1e-12
+# Host times within this relative distance outside [t_min, T] are round-off, and are snapped to the
+# end they miss. 8 float32 ulps (9.5e-7): a time computed in float32, or mapped from float32 values
+# (a k-diffusion sigma grid lands at 0.00099999998 and 1.0000000025 for [0.001, 1]), is off by a few
+# ulps; a time that means something else is off by far more (one step of a 1000-step grid is 1e-3).
+# A zero t_min gets no slack, as t < 0 has no meaning.
+_TIME_SLACK = 8 * torch.finfo(torch.float32).eps
 
 __all__ = ["NoiseSchedule", "TimePoint", "VESchedule", "VPSchedule", "memoised"]
 
@@ -207,13 +211,16 @@ class NoiseSchedule(abc.ABC):
     def points(self, ts: Sequence[float] | Tensor) -> list[TimePoint]:
         """Schedule values at several times, computed in one float64 pass on the host.
 
+        A time that misses an end of ``[t_min, T]`` by round-off (see :meth:`check_time`) is taken
+        as that end.
+
         Raises:
             ValueError: If a time is NaN or outside ``[t_min, T]``, or so close to 0 that
                 $\\lambda_t$ overflows in float64.
         """
         t = torch.as_tensor(ts, dtype=torch.float64).reshape(-1).cpu()
         self._check_host_times("t", t.tolist())
-        points = self._points(t)
+        points = self._points(t.clamp(self.t_min, self.T))
         for p in points:
             # At t > 0 lambda is finite; it overflows only when sigma_t underflows in float64
             # (t around 1e-300 and below), where an infinite lambda would be a silently wrong value.
@@ -293,9 +300,13 @@ class NoiseSchedule(abc.ABC):
         c = expand_to((self.g2(t) / self.sigma(t)).to(x.dtype), x)
         return f * x + c * eps
 
+    def _time_bounds(self, low: float) -> tuple[float, float]:
+        """The widest times accepted for ``[low, T]``: the range widened by the round-off slack."""
+        return low - _TIME_SLACK * abs(low), self.T + _TIME_SLACK * abs(self.T)
+
     def _host_time_ok(self, t: float, low: float | None = None) -> bool:
-        low = self.t_min if low is None else low
-        return low - _TIME_SLACK * abs(low) <= t <= self.T * (1.0 + _TIME_SLACK)
+        lowest, highest = self._time_bounds(self.t_min if low is None else low)
+        return lowest <= t <= highest
 
     def _check_host_times(self, name: str, times: list[float]) -> None:
         for i, t in enumerate(times):
@@ -310,13 +321,19 @@ class NoiseSchedule(abc.ABC):
         which costs one host-device synchronisation: never call it inside a sampling loop (see the
         module docstring for where diffode checks times and why the elementwise methods do not).
 
+        A time that misses an end of the range by round-off, a relative $8\\cdot 2^{-23}$ (a few
+        float32 ulps; times computed in float32 or from float32 noise levels land there), is
+        snapped to that end.
+
         Args:
             name: The argument's name, for the error message.
             t: A number or a tensor of times.
             low: The smallest allowed time.
 
         Returns:
-            ``t`` unchanged (a number comes back as a float).
+            ``t``, with the times within round-off outside the range snapped to its ends: a number
+            comes back as a float; a tensor comes back itself when no time needed snapping, else
+            as a new tensor.
 
         Raises:
             ValueError: If ``t`` is NaN or infinite or lies outside the range.
@@ -328,19 +345,22 @@ class NoiseSchedule(abc.ABC):
             if values.is_complex() or values.dtype == torch.bool:
                 raise TypeError(f"{name} must be a real tensor of times, got dtype {t.dtype}")
             values = values.to(torch.float64)
-            bad = ~torch.isfinite(values) | (values < low - _TIME_SLACK * abs(low)) | (values > self.T * (1 + _TIME_SLACK))
-            if bool(bad.any()):
+            lowest, highest = self._time_bounds(low)
+            bad = ~torch.isfinite(values) | (values < lowest) | (values > highest)
+            outside = (values < low) | (values > self.T)
+            any_bad, any_outside = torch.stack([bad.any(), outside.any()]).tolist()  # one synchronisation
+            if any_bad:
                 index = tuple(int(i) for i in bad.nonzero()[0])
                 where = f"{name}[{', '.join(map(str, index))}]" if index else name
                 value = t.detach()[index].item()
                 # Show the value at its own precision: a float32 1.3 is not 1.2999999523162842.
                 shown = repr(value) if t.dtype == torch.float64 else f"{value:.{_digits(t.dtype)}g}"
                 raise ValueError(f"{name} must lie in [{low:g}, {self.T:g}] for {self!r}; {where} = {shown}")
-            return t
+            return t.clamp(low, self.T) if any_outside else t
         value = check_finite_number(name, t)
         if not self._host_time_ok(value, low):
             raise ValueError(f"{name} must lie in [{low:g}, {self.T:g}] for {self!r}, got {value!r}")
-        return value
+        return min(max(value, low), self.T)
 
 
 class VPSchedule(NoiseSchedule):

@@ -11,11 +11,19 @@ import torch
 
 pytest.importorskip("diffusers")
 
-from diffusers import DDPMScheduler, DPMSolverMultistepScheduler, PNDMScheduler, UniPCMultistepScheduler  # noqa: E402
+from diffusers import (  # noqa: E402
+    DDPMScheduler,
+    DEISMultistepScheduler,
+    DPMSolverMultistepScheduler,
+    DPMSolverSinglestepScheduler,
+    PNDMScheduler,
+    UniPCMultistepScheduler,
+)
 
 import diffode as dd  # noqa: E402
-from diffode.integrations import multistep_orders  # noqa: E402
+from diffode.integrations import LOWER_ORDER_FINAL_BELOW  # noqa: E402
 from diffode.integrations.diffusers import DiffodeScheduler, supported_integrators  # noqa: E402
+from diffode.models import dynamic_thresholding  # noqa: E402
 
 
 
@@ -36,8 +44,12 @@ def toy_model(scheduler, prediction_type):
 def run(scheduler, x, steps, prediction_type, **kwargs):
     scheduler.set_timesteps(steps, **kwargs)
     model = toy_model(scheduler, prediction_type)
+    learned_variance = scheduler.config.get("variance_type") in ("learned", "learned_range")
     for t in scheduler.timesteps:
-        x = scheduler.step(model(x, t), t, x).prev_sample
+        out = model(x, t)
+        if learned_variance:  # a variance prediction after the mean's channels, for the scheduler to drop
+            out = torch.cat([out, torch.full_like(out, 7.0)], dim=1)
+        x = scheduler.step(out, t, x).prev_sample
     return x
 
 
@@ -59,39 +71,114 @@ def test_dpmpp_2m_matches_diffusers(beta_schedule, prediction_type, spacing, fin
                       steps_offset=1)
         reference = DPMSolverMultistepScheduler(**config)
         ours = DiffodeScheduler.from_config(reference.config)
-        assert ours.config.integrator == "dpmpp_2m"
+        assert (ours.integrator.order, ours.integrator.predict) == (2, "data")
         expected = run(reference, x_T(), steps, prediction_type)
         got = run(ours, x_T(), steps, prediction_type)
         assert torch.equal(ours.timesteps, reference.timesteps)
         assert (got - expected).abs().max() <= 1e-5 * max(1.0, expected.abs().max().item()), (steps, solver_type)
 
 
-@pytest.mark.parametrize("reference_config, integrator", [
-    ({"solver_order": 1}, "ddim"),
-    ({"algorithm_type": "dpmsolver", "final_sigmas_type": "sigma_min"}, "dpm_2m"),
-    ({"rescale_betas_zero_snr": True, "beta_schedule": "scaled_linear", "timestep_spacing": "trailing",
-      "prediction_type": "v_prediction"}, "dpmpp_2m"),
-    ({"beta_schedule": "squaredcos_cap_v2", "lambda_min_clipped": -5.1}, "dpmpp_2m"),
-])
-def test_other_configurations_match_diffusers(reference_config, integrator):
+def assert_agrees(got, expected, rtol=1e-5):
+    """Equal to float32 round-off, relative to the sample's magnitude (and never NaN)."""
+    assert torch.isfinite(got).all() and torch.isfinite(expected).all()
+    error = (got - expected).abs().max().item()
+    assert error <= rtol * max(1.0, expected.abs().max().item()), error
+
+
+SD = dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
+
+
+@pytest.mark.parametrize("reference_config", [
+    {"solver_order": 1},
+    {"algorithm_type": "dpmsolver", "final_sigmas_type": "sigma_min"},
+    {"rescale_betas_zero_snr": True, **SD, "timestep_spacing": "trailing", "prediction_type": "v_prediction"},
+    {"beta_schedule": "squaredcos_cap_v2", "lambda_min_clipped": -5.1},
+    {"use_karras_sigmas": True, **SD},
+    {"use_karras_sigmas": True, "final_sigmas_type": "sigma_min", "solver_type": "heun", "euler_at_final": True},
+    {"use_karras_sigmas": True, "thresholding": True, "dynamic_thresholding_ratio": 0.9, "sample_max_value": 1.5},
+    {"use_lu_lambdas": True, "algorithm_type": "dpmsolver", "final_sigmas_type": "sigma_min"},
+    {"use_lu_lambdas": True, "beta_schedule": "squaredcos_cap_v2", "prediction_type": "v_prediction"},
+    {"use_exponential_sigmas": True, **SD, "prediction_type": "v_prediction"},
+    {"thresholding": True, "prediction_type": "sample"},
+    {"thresholding": True, "algorithm_type": "dpmsolver", "final_sigmas_type": "sigma_min", "sample_max_value": 2.0},
+    {"euler_at_final": True, "final_sigmas_type": "sigma_min", "solver_type": "heun"},
+    {"lower_order_final": False, "final_sigmas_type": "sigma_min"},
+    {"variance_type": "learned_range"},
+], ids=lambda config: ",".join(f"{k}={v}" for k, v in config.items()))
+def test_configuration_keys_are_honoured(reference_config):
+    """Every key of DPMSolverMultistepScheduler's configuration means what it means to diffusers:
+    from its configuration alone, DiffodeScheduler lays out the same timesteps and computes the
+    same samples, to float32 round-off (orders 1 and 2, both algorithm types, every grid)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # diffusers deprecates algorithm_type="dpmsolver"
         reference = DPMSolverMultistepScheduler(**reference_config)
-    ours = DiffodeScheduler.from_config(reference.config, integrator=integrator)
+    ours = DiffodeScheduler.from_config(reference.config)
+    assert ours.integrator.order == reference.config.solver_order
+    assert ours.integrator.predict == {"dpmsolver++": "data", "dpmsolver": "noise"}[reference.config.algorithm_type]
     prediction_type = reference.config.prediction_type
+    # The cosine schedule's first alpha is 2e-4 (x0 = (x - sigma eps) / alpha amplifies float32 round-off).
+    rtol = 3e-5 if reference.config.beta_schedule == "squaredcos_cap_v2" else 1e-5
     for steps in (3, 10, 25):
         expected = run(reference, x_T(), steps, prediction_type)
         got = run(ours, x_T(), steps, prediction_type)
-        assert (got - expected).abs().max() <= 1e-5 * max(1.0, expected.abs().max().item()), steps
+        assert torch.equal(ours.timesteps, reference.timesteps), steps
+        assert_agrees(got, expected, rtol)
 
 
-def test_third_order_uses_diffodes_exact_weights():
-    """diffode's 3M weights the second difference as the Taylor expansion requires; diffusers'
-    solver_order=3 uses half that weight, so the two differ once a third-order step is taken."""
-    reference = DPMSolverMultistepScheduler(solver_order=3)
-    ours = DiffodeScheduler.from_config(reference.config, integrator="dpmpp_3m")
-    assert (run(ours, x_T(), 3, "epsilon") - run(reference, x_T(), 3, "epsilon")).abs().max() < 1e-5
-    assert (run(ours, x_T(), 10, "epsilon") - run(reference, x_T(), 10, "epsilon")).abs().max() > 1e-4
+def test_the_keys_change_the_result():
+    """The issue's symptom: each key changes the sample (by far more than round-off)."""
+    baseline = run(DiffodeScheduler(), x_T(), 10, "epsilon")
+    for key, value in (("use_karras_sigmas", True), ("use_lu_lambdas", True), ("thresholding", True),
+                       ("solver_order", 1), ("solver_order", 3), ("algorithm_type", "dpmsolver")):
+        assert (run(DiffodeScheduler(**{key: value}), x_T(), 10, "epsilon") - baseline).abs().max() > 1e-3, key
+    sigma_min = dict(final_sigmas_type="sigma_min")
+    baseline = run(DiffodeScheduler(**sigma_min), x_T(), 20, "epsilon")
+    assert (run(DiffodeScheduler(**sigma_min, euler_at_final=True), x_T(), 20, "epsilon") - baseline).abs().max() > 1e-4
+
+
+def test_a_zero_length_last_step_leaves_the_state():
+    """With final_sigmas_type="sigma_min" a Karras grid's last step has length 0. diffusers' "heun"
+    second-order step (15 steps and more) divides 0 by 0 there; the scheduler keeps the state, which
+    is what diffusers gives with a first-order last step."""
+    config = dict(use_karras_sigmas=True, final_sigmas_type="sigma_min", solver_type="heun")
+    got = run(DiffodeScheduler(**config), x_T(), 20, "epsilon")
+    expected = run(DPMSolverMultistepScheduler(**config, euler_at_final=True), x_T(), 20, "epsilon")
+    assert_agrees(got, expected)
+
+
+def test_bounded_dynamic_thresholding_is_diffusers_thresholding():
+    x0 = 3.0 * x_T(shape=(4, 3, 8, 8), seed=2)
+    x0[0] *= 0.2  # one sample whose quantile is below 1
+    for ratio, max_value in ((0.995, 1.0), (0.9, 1.5), (0.5, 100.0)):
+        reference = DPMSolverMultistepScheduler(thresholding=True, dynamic_thresholding_ratio=ratio,
+                                                sample_max_value=max_value)
+        torch.testing.assert_close(dynamic_thresholding(x0, ratio, 1.0, max_scale=max_value),
+                                   reference._threshold_sample(x0))
+    # diffusers' default (sample_max_value=1) is clipping to [-1, 1]; the reference DPM-Solver's
+    # dynamic thresholding (bounded below only) is not.
+    assert torch.equal(dynamic_thresholding(x0, 0.995, 1.0, max_scale=1.0), x0.clamp(-1, 1))
+    assert (dynamic_thresholding(x0, 0.995, 1.0) - x0.clamp(-1, 1)).abs().max() > 0.1
+
+
+def test_order_3_is_diffodes_exact_third_order_method():
+    """solver_order=3 runs diffode's 3M: on the same Karras grid and model calls it is diffode's own
+    solve with "dpmpp_3m", and it differs from diffusers' solver_order=3 (whose last term has half
+    the weight) once a third-order step is taken."""
+    reference = DPMSolverMultistepScheduler(solver_order=3, use_karras_sigmas=True)
+    scheduler = DiffodeScheduler.from_config(reference.config)
+    assert (scheduler.integrator.order, scheduler.integrator.predict) == (3, "data")
+    steps = 12
+    x = x_T(dtype=torch.float64)
+    got = run(scheduler, x, steps, "epsilon")
+    assert scheduler.step_orders == [1, 2, 3, 3, 3, 3, 3, 3, 3, 3, 2, 1]
+    network = toy_model(scheduler, "epsilon")
+    timestep_at = dict(zip(scheduler.times, scheduler.timesteps.tolist()))
+    model = dd.wrap(lambda x, t: network(x, timestep_at[float(t[0])]), scheduler.schedule, "noise",
+                    time_input="continuous")
+    solution = dd.solve(model, x, dd.get_integrator("dpmpp_3m"), scheduler.times, orders=scheduler.step_orders[:-1])
+    torch.testing.assert_close(got, model.data(solution.x, scheduler.times[-1]), rtol=1e-12, atol=1e-12)
+    assert_agrees(run(scheduler, x_T(), 3, "epsilon"), run(reference, x_T(), 3, "epsilon"))  # orders 1, 2, 1
+    assert (run(scheduler, x_T(), steps, "epsilon") - run(reference, x_T(), steps, "epsilon")).abs().max() > 1e-4
 
 
 @pytest.mark.parametrize("integrator", supported_integrators())
@@ -105,7 +192,7 @@ def test_scheduler_is_diffodes_own_sampler(integrator, final):
     network = toy_model(scheduler, "epsilon")
     model = dd.wrap(lambda x, t_input: network(x, round(float(t_input[0]))), scheduler.schedule, "noise")
     times = scheduler.times
-    orders = multistep_orders(dd.get_integrator(integrator), 9, True)
+    orders = dd.get_integrator(integrator).step_orders(9, LOWER_ORDER_FINAL_BELOW)
     assert scheduler.step_orders == orders
     if final == "zero":
         solution = dd.solve(model, x, dd.get_integrator(integrator), times, orders=orders[:-1])
@@ -277,7 +364,7 @@ def test_stable_diffusion_pipeline(tiny_stable_diffusion):
     try:
         expected = pipe(**call, latents=latents).images
         pipe.scheduler = DiffodeScheduler.from_config(pipe.scheduler.config)
-        assert pipe.scheduler.config.integrator == "dpmpp_2m"
+        assert (pipe.scheduler.integrator.order, pipe.scheduler.integrator.predict) == (2, "data")
         got = pipe(**call, latents=latents).images
         scale = max(1.0, expected.abs().max().item())
         # DPM-Solver++ 2M, as diffusers' DPMSolverMultistepScheduler, to float32 round-off.
@@ -292,6 +379,12 @@ def test_stable_diffusion_pipeline(tiny_stable_diffusion):
                                 orders=scheduler.step_orders[:-1])
             own = model.data(solution.x, scheduler.times[-1])
         assert (got - own).abs().max() <= 2e-6 * scale
+        # Stable Diffusion with Karras sigmas, the configuration of many community pipelines.
+        pipe.scheduler = DPMSolverMultistepScheduler.from_config(diffusers_scheduler.config, use_karras_sigmas=True)
+        expected = pipe(**call, latents=latents).images
+        pipe.scheduler = DiffodeScheduler.from_config(pipe.scheduler.config)
+        assert (got - expected).abs().max() > 1e-3  # a different grid
+        assert (pipe(**call, latents=latents).images - expected).abs().max() <= 2e-6 * scale
         # The whole pipeline, VAE decoding included, runs with the scheduler.
         image = pipe(**{**call, "output_type": "np", "num_inference_steps": 2}, latents=latents).images
         assert image.shape == (1, 16, 16, 3) and ((image >= 0) & (image <= 1)).all()
@@ -326,3 +419,106 @@ def test_stable_diffusion_pipeline_on_cuda(tiny_stable_diffusion, dtype):
         pipe.scheduler = diffusers_scheduler
         pipe.to("cpu", torch.float32)
         torch.backends.cudnn.allow_tf32, torch.backends.cudnn.deterministic = flags
+
+
+# -- configurations: both ways, refusals, short messages --------------------------------------------
+
+
+@pytest.mark.parametrize("other", [DPMSolverMultistepScheduler, DPMSolverSinglestepScheduler, UniPCMultistepScheduler,
+                                   DEISMultistepScheduler])
+def test_configurations_load_both_ways(other, tmp_path):
+    """A DiffodeScheduler configuration loads into diffusers' DPM-Solver, UniPC and DEIS schedulers and
+    theirs into DiffodeScheduler, through save_pretrained / from_pretrained and from_config."""
+    wanted = dict(**SD, prediction_type="v_prediction", solver_order=3, use_karras_sigmas=True,
+                  final_sigmas_type="sigma_min", timestep_spacing="trailing", thresholding=True, sample_max_value=1.5)
+    ours = DiffodeScheduler(**wanted)
+    ours.save_pretrained(tmp_path / "ours")
+    theirs = other(**{key: value for key, value in wanted.items() if key in other._get_init_keys(other)})
+    theirs.save_pretrained(tmp_path / "theirs")
+    for loaded in (other.from_pretrained(tmp_path / "ours"), other.from_config(ours.config)):
+        assert type(loaded) is other
+        shared = set(wanted) & set(loaded.config)
+        assert len(shared) >= 8 and {key: loaded.config[key] for key in shared} == {key: wanted[key] for key in shared}
+        loaded.set_timesteps(8)
+    for loaded in (DiffodeScheduler.from_pretrained(tmp_path / "theirs"), DiffodeScheduler.from_config(theirs.config)):
+        shared = set(wanted) & set(theirs.config)
+        assert {key: loaded.config[key] for key in shared} == {key: wanted[key] for key in shared}
+        assert (loaded.integrator.order, loaded.integrator.predict) == (3, "data")
+        loaded.set_timesteps(8)
+        other.from_config(loaded.config).set_timesteps(8)  # and back
+
+
+def test_a_saved_configuration_runs_the_same_method_in_diffusers(tmp_path):
+    ours = DiffodeScheduler(**SD, use_karras_sigmas=True, solver_type="heun", prediction_type="v_prediction")
+    ours.save_pretrained(tmp_path)
+    theirs = DPMSolverMultistepScheduler.from_pretrained(tmp_path)
+    assert_agrees(run(ours, x_T(), 12, "v_prediction"), run(theirs, x_T(), 12, "v_prediction"))
+
+
+def test_integrator_and_method_keys():
+    """``integrator`` and (``solver_order``, ``algorithm_type``) describe the same choice: the
+    configuration records both, a from_config argument replaces the other, a contradiction is refused."""
+    scheduler = DiffodeScheduler(integrator="dpm_3m")
+    assert (scheduler.config.solver_order, scheduler.config.algorithm_type) == (3, "dpmsolver")
+    assert scheduler.config.solver_type == "midpoint"
+    config = DPMSolverMultistepScheduler().config  # solver_order=2, dpmsolver++
+    assert DiffodeScheduler.from_config(config, integrator="dpmpp_3m").integrator.order == 3
+    assert DiffodeScheduler.from_config(scheduler.config, solver_order=2).integrator.order == 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        assert DiffodeScheduler.from_config(config, algorithm_type="dpmsolver").integrator.predict == "noise"
+    assert DiffodeScheduler.from_config(scheduler.config).integrator.order == 3  # the recorded integrator
+    with pytest.raises(ValueError, match="integrator='dpmpp_3m' has order 3 but solver_order=2"):
+        DiffodeScheduler(integrator="dpmpp_3m", solver_order=2)
+    with pytest.raises(ValueError, match="algorithm_type='dpmsolver'"):
+        DiffodeScheduler(integrator="dpmpp_2m", algorithm_type="dpmsolver")
+    # DEIS's algorithm type means DPM-Solver++, and is recorded as such.
+    assert DiffodeScheduler(algorithm_type="deis").config.algorithm_type == "dpmsolver++"
+
+
+@pytest.mark.parametrize("config, match", [
+    ({"use_beta_sigmas": True}, "use_beta_sigmas=True is not supported"),
+    ({"use_flow_sigmas": True}, "use_flow_sigmas=True is not supported"),
+    ({"use_dynamic_shifting": True}, "use_dynamic_shifting=True is not supported"),
+    ({"algorithm_type": "sde-dpmsolver++"}, "algorithm_type='sde-dpmsolver\\+\\+' is a stochastic sampler"),
+    ({"algorithm_type": "sde-dpmsolver"}, "algorithm_type='sde-dpmsolver' is a stochastic sampler"),
+    ({"prediction_type": "flow_prediction"}, "prediction_type='flow_prediction'"),
+    ({"use_karras_sigmas": True, "use_lu_lambdas": True}, "use only one of"),
+    ({"solver_order": 4}, "solver_order must be 1, 2 or 3"),
+    ({"thresholding": True, "dynamic_thresholding_ratio": 1.5}, "dynamic_thresholding_ratio"),
+    ({"thresholding": True, "sample_max_value": 0.5}, "sample_max_value must be >= 1"),
+    ({"variance_type": "learned_once"}, "variance_type"),
+    ({"use_karras_sigmas": "yes"}, "use_karras_sigmas must be True or False"),
+])
+def test_keys_without_a_diffode_meaning_are_refused(config, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        DiffodeScheduler(**config)
+
+
+def test_harmless_keys_warn():
+    with pytest.warns(UserWarning, match="flow_shift=3.0 has no effect"):
+        DiffodeScheduler(flow_shift=3.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        DiffodeScheduler.from_config(DPMSolverMultistepScheduler().config)  # the defaults warn about nothing
+
+
+def test_error_messages_stay_short():
+    """1000 steps on the linspace spacing (DDPMPipeline's default) repeat timesteps: refused, naming
+    the first repeat, in a line rather than thousands of characters."""
+    scheduler = DiffodeScheduler()
+    with pytest.raises(ValueError, match=r"not strictly decreasing: timesteps\[\d+\] = (\d+), timesteps\[\d+\] = \1")\
+            as error:
+        scheduler.set_timesteps(1000)
+    assert len(str(error.value)) < 200
+    scheduler.set_timesteps(999)
+    with pytest.raises(ValueError, match=r"timestep 0 is not one of this run's timesteps \[999, 998, 997, 996, \.\.\., 1\] "
+                                         r"\(999 values\)") as error:
+        scheduler.step(x_T(), 0, x_T())
+    assert len(str(error.value)) < 200
+    with pytest.raises(ValueError, match="timesteps cannot be given with use_karras_sigmas=True"):
+        DiffodeScheduler(use_karras_sigmas=True).set_timesteps(timesteps=[900, 100])
+    with pytest.raises(ValueError, match="twice the channels"):
+        scheduler = DiffodeScheduler(variance_type="learned_range")
+        scheduler.set_timesteps(2)
+        scheduler.step(x_T(), scheduler.timesteps[0], x_T())

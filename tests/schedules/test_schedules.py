@@ -186,3 +186,48 @@ def test_a_memoised_grid_is_still_validated_every_time():
             dd.solve(model, x, "ddim", [1.0, 0.5, 0.7])
         with pytest.raises(ValueError, match="must lie in"):
             dd.solve(model, x, "ddim", [1.0, float("nan")])
+
+
+def test_times_within_float32_round_off_of_the_ends_are_snapped_to_them():
+    """A grid computed in float32, or mapped from float32 noise levels, misses [t_min, T] by a few
+    ulps (k-diffusion's sigmas for [1e-3, 1] land at 0.00099999998 and 1.0000000025): those times
+    are the ends. A time off by more than 8 float32 ulps is still refused."""
+    discrete = dd.DiscreteVP(betas=DDPM_BETAS)
+    ulp = torch.finfo(torch.float32).eps
+    assert discrete.t_min == 1e-3 and discrete.T == 1.0
+    low, high = 0.00099999998, 1.0000000025
+    assert discrete.check_time("t", low) == 1e-3 and discrete.check_time("t", high) == 1.0
+    assert discrete.check_time("t", 1.0 + 7 * ulp) == 1.0 and discrete.check_time("t", 0.5) == 0.5
+    # Points are computed at the end itself (DiscreteVP would extrapolate past it otherwise).
+    assert discrete.points([high, 0.5, low]) == discrete.points([1.0, 0.5, 1e-3])
+    # A tensor comes back snapped (a new tensor), or itself when nothing needed snapping.
+    times = torch.tensor([high, 0.5, low], dtype=torch.float64)
+    assert discrete.check_time("times", times).tolist() == [1.0, 0.5, 1e-3]
+    inside = torch.tensor([1.0, 0.5])
+    assert discrete.check_time("times", inside) is inside
+    for bad in (1.0 + 9 * ulp, 1e-3 * (1 - 9 * ulp)):
+        with pytest.raises(ValueError, match=r"must lie in \[0.001, 1\]"):
+            discrete.check_time("t", bad)
+        with pytest.raises(ValueError, match=r"must lie in \[0.001, 1\]"):
+            discrete.points([bad])
+    # A zero t_min has no slack: a negative time has no meaning.
+    with pytest.raises(ValueError, match="must lie in"):
+        dd.LinearVP().check_time("t", -1e-12)
+
+
+def test_a_grid_mapped_from_float32_sigmas_samples():
+    """The migration guide's k-diffusion recipe with float32 sigmas: the times it maps them to lie
+    a few ulps outside [1/N, 1], and sampling on them equals sampling on the float64 grid to float32
+    round-off of the grid."""
+    schedule = dd.DiscreteVP(betas=DDPM_BETAS)
+    times64 = torch.linspace(1.0, 1e-3, 9, dtype=torch.float64)
+    sigmas = torch.exp(-schedule.lambda_(times64)).float()
+    times = schedule.inverse_lambda(-torch.log(sigmas.double()))
+    assert times[0].item() > 1.0 or times[-1].item() < 1e-3  # the round-off this test is about
+    model = dd.wrap(lambda x, t: 0.1 * x, schedule)
+    x = torch.randn(3, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    solver = dd.DPMSolver(model)
+    got = solver.sample(x, steps=8, skip_type=times, lower_order_final=False)
+    assert solver.last_solution.times[0] == 1.0 and solver.last_solution.times[-1] == 1e-3
+    expected = solver.sample(x, steps=8, skip_type=times64, lower_order_final=False)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
