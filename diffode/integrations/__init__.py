@@ -10,10 +10,6 @@
 Neither submodule is imported here, so ``import diffode`` never needs diffusers.
 """
 
-from __future__ import annotations
-
-from diffode.integrators.base import Integrator
-
 __all__ = ["LOWER_ORDER_FINAL_BELOW"]
 
 LOWER_ORDER_FINAL_BELOW = 15
