@@ -80,9 +80,12 @@ def environment() -> str:
             parts.append(f"{name.replace('_', '-')} {version(name.replace('_', '-'))}")
         except Exception:
             parts.append(f"{name} not installed")
-    from diffode import kernels
-
-    parts.append(f"diffode's CPU kernel {'built' if kernels.available() else 'not built'}")
+    try:  # the C extension and its module may be gone (issue 11)
+        from diffode import kernels
+    except ImportError:
+        parts.append("diffode without diffode.kernels")
+    else:
+        parts.append(f"diffode's CPU kernel {'built' if kernels.available() else 'not built'}")
     if torch.cuda.is_available():
         parts.append(f"GPU {torch.cuda.get_device_name()}")
     return "; ".join(parts)
