@@ -1,6 +1,6 @@
-"""Run every benchmark and write results/*.md: accuracy, convergence, overhead, memory.
+"""Run every benchmark and write results/*.md: accuracy, convergence, overhead, memory, end to end.
 
-    python benchmarks/run_all.py             # a few minutes on 2 cores
+    python benchmarks/run_all.py             # about 13 minutes on 2 cores (end_to_end.py takes 10)
     python benchmarks/run_all.py --quick     # smaller batch and fewer repeats, for a smoke test
 """
 
@@ -12,13 +12,14 @@ import time
 
 import accuracy
 import convergence
+import end_to_end
 import memory
 import overhead
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="batch 16, 5 repeats")
+    parser.add_argument("--quick", action="store_true", help="batch 16, 5 repeats; end to end: 10 steps, 5 rounds")
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args(argv)
     extra = ["--no-write"] if args.no_write else []
@@ -28,6 +29,7 @@ def main(argv=None) -> int:
         ("convergence", convergence, extra),
         ("overhead", overhead, [*(["--repeat", "5"] if args.quick else []), *extra]),
         ("memory", memory, extra),
+        ("end_to_end", end_to_end, [*(["--quick"] if args.quick else []), *extra]),
     ):
         start = time.perf_counter()
         print(f"== {name}", file=sys.stderr)
