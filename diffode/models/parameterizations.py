@@ -32,8 +32,10 @@ def affine_value(x: Tensor, out: Tensor, a: Coeff, b: Coeff) -> Tensor:
     if not isinstance(a, Tensor) and a == 0.0:
         return out if not isinstance(b, Tensor) and b == 1.0 else out * b
     if isinstance(a, Tensor) or isinstance(b, Tensor):  # per-sample times
-        return out * b + x * a
-    return torch.add(out * b, x, alpha=a)
+        return (out * b).add_(x * a)
+    # Accumulate into the one new tensor: no temporary beside it, so a solve's peak memory stays at
+    # k + 2 copies of x for an order-k multistep method.
+    return torch.mul(out, b).add_(x, alpha=a)
 
 
 class Parameterization(abc.ABC):
