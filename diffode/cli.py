@@ -1,4 +1,4 @@
-"""The ``diffode`` command line: ``demo``, ``sample``, ``converge`` and ``list``.
+"""The ``diffode`` command line: ``demo``, ``sample``, ``converge``, ``calibrate`` and ``list``.
 
 Every command prints a human-readable report, or one JSON document with ``--json``; progress bars
 go to stderr and ``--quiet`` silences them. A user mistake (an unknown name, a bad option, a file
@@ -490,6 +490,93 @@ def cmd_converge(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+# -- diffode calibrate and the --grid argument -----------------------------------------------------
+
+GRID_HELP = "time grid: a name (see diffode list) or a JSON file with \"times\" or \"sigmas\" (diffode calibrate -o)"
+
+
+def _grid_argument(value: str) -> str:
+    """``--grid``: a registered grid name or an existing ``.json`` file (read by ``get_grid``)."""
+    from diffode.integrators.grids import GRIDS
+
+    if value in GRIDS:
+        return value
+    if value.endswith(".json"):
+        if not os.path.isfile(value):
+            raise argparse.ArgumentTypeError(f"grid file {value!r} does not exist")
+        return value
+    raise argparse.ArgumentTypeError(f"unknown grid {value!r}; expected one of {', '.join(sorted(GRIDS))} "
+                                     "or a .json file")
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    """``diffode calibrate``: the grid that minimises an integrator's error at a budget, judged on other noise.
+
+    Calibrates on ``--pilots`` samples of ``--seed`` (:func:`diffode.calibrate.calibrate_grid`), writes the
+    grid to ``--out`` as JSON, and reports the RMSE of the calibrated and the standard grids on
+    ``--test`` samples of seed ``--seed + 1``.
+
+    Args:
+        args: The parsed command line.
+
+    Returns:
+        The exit status (0).
+    """
+    from diffode import study
+    from diffode.calibrate import BASELINE_GRIDS, calibrate_grid, grid_error
+
+    reporter = Reporter(args)
+    if not args.out.endswith(".json"):
+        raise UsageError(f"--out must end in .json, got {args.out!r}")
+    for name in ("nfe", "pilots", "test"):
+        if getattr(args, name) < 1:
+            raise UsageError(f"--{name} must be >= 1, got {getattr(args, name)}")
+    integrator = study.configure_integrator(args.integrator, **_parse_options(args.option))
+    model, shape, _, analytic = _resolve_model(args, torch.float64, torch.device("cpu"))
+    schedule = model.schedule
+    rtol = args.rtol if args.rtol is not None else (1e-8 if analytic else 1e-6)
+
+    def noise(batch: int, seed: int) -> torch.Tensor:
+        g = torch.Generator().manual_seed(seed)
+        return schedule.prior_sample((batch, *shape), generator=g, dtype=torch.float64)
+
+    pilot, test = noise(args.pilots, args.seed), noise(args.test, args.seed + 1)
+    t_start = schedule.T if args.t_start is None else args.t_start
+    t_end = schedule.default_t_end if args.t_end is None else args.t_end
+    start = time.perf_counter()
+    reporter.note(f"calibrating {integrator!r} at NFE {args.nfe} on {args.pilots} pilot samples (seed {args.seed})")
+    with torch.no_grad():
+        calibration = calibrate_grid(model, integrator, args.nfe, pilot, method=args.method, t_start=t_start,
+                                     t_end=t_end, max_runs=args.max_runs, rtol=rtol)
+        reporter.note(f"judging on {args.test} held-out samples (seed {args.seed + 1})")
+        exact = study.ground_truth(model, test, t_start, t_end, rtol=rtol, atol=rtol)
+        held_out = {}
+        for name in ("calibrated", *BASELINE_GRIDS):
+            grid = calibration.grid if name == "calibrated" else name
+            plan = integrator.plan(schedule, args.nfe, grid=grid, t_start=t_start, t_end=t_end)
+            held_out[name] = grid_error(model, test, exact, integrator, plan.times, plan.orders)
+    seconds = time.perf_counter() - start
+    best = min(BASELINE_GRIDS, key=held_out.get)
+    meta = {"model": args.model, "seed": args.seed, "test_seed": args.seed + 1, "test_samples": args.test,
+            "held_out_rmse": held_out, "pilot_rmse_standard_grids": calibration.baselines}
+    study.atomic_write(args.out, lambda tmp: calibration.grid.to_json(tmp, **_clean(meta)))
+    rows = [[name, f"{calibration.baselines.get(name, calibration.pilot_error):.3e}", f"{held_out[name]:.3e}"]
+            for name in ("calibrated", *BASELINE_GRIDS)]
+    reporter.text(f"{integrator!r} at NFE {args.nfe} on {args.model} under {schedule!r}: RMSE against the RK45 "
+                  f"ground truth; pilots: {args.pilots} samples of seed {args.seed}, held out: {args.test} of seed "
+                  f"{args.seed + 1}")
+    reporter.text()
+    reporter.text(study.markdown_table(["grid", "pilot RMSE", "held-out RMSE"], rows))
+    reporter.text()
+    reporter.text(f"calibrated / best standard grid ({best}) on held-out noise: "
+                  f"{held_out['calibrated'] / held_out[best]:.2f}; {calibration.runs} runs in {seconds:.1f} s "
+                  f"-> {args.out}")
+    reporter.document(_clean({"path": args.out, "integrator": repr(integrator), "nfe": args.nfe,
+                              "times": calibration.grid.values.tolist(), "pilot_rmse": calibration.pilot_error,
+                              "seconds": seconds, **meta}))
+    return 0
+
+
 # -- parser --------------------------------------------------------------------------------------
 
 
@@ -517,7 +604,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--integrators", nargs="+", metavar="NAME", help="registered integrators (see diffode list)")
     p.add_argument("--nfe", nargs="+", type=int, default=None,
                    help="NFE budgets (default 5 10 15 20 50; 5 10 20 with --model digits)")
-    p.add_argument("--grid", choices=sorted(GRIDS), default="logSNR", help="time grid (default logSNR)")
+    p.add_argument("--grid", type=_grid_argument, default="logSNR", help=GRID_HELP + " (default logSNR)")
     p.add_argument("--batch", type=int, default=None, help="samples per run (default 16; 8 with --model digits)")
     p.add_argument("--seed", type=int, default=0, help="seed of x_T")
     p.add_argument("--plot", default=None, help="PNG to write (default diffode_demo.png, "
@@ -538,7 +625,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--schedule", choices=sorted(SCHEDULES), default=None, help="noise schedule")
     p.add_argument("--parameterization", choices=sorted(PARAMETERIZATIONS), default="noise",
                    help="what a user network predicts")
-    p.add_argument("--grid", choices=sorted(GRIDS), default="time_uniform", help="time grid")
+    p.add_argument("--grid", type=_grid_argument, default="time_uniform", help=GRID_HELP + " (default time_uniform)")
     p.add_argument("--shape", nargs="+", type=int, help="shape of one sample, e.g. 3 32 32 (user models)")
     p.add_argument("--batch", type=int, default=16, help="number of samples")
     p.add_argument("--seed", type=int, default=0, help="seed of x_T")
@@ -563,7 +650,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--orders", nargs="+", type=int, help="run each integrator at each of these orders")
     p.add_argument("--steps", nargs="+", type=int, default=[128, 256, 512, 1024],
                    help="step counts (default 128 256 512 1024: the asymptotic regime of the built-in mixture)")
-    p.add_argument("--grid", choices=sorted(GRIDS), default="logSNR", help="time grid (default logSNR)")
+    p.add_argument("--grid", type=_grid_argument, default="logSNR", help=GRID_HELP + " (default logSNR)")
     p.add_argument("--tolerance", type=float, default=0.25, help="allowed |slope - order|")
     p.add_argument("--batch", type=int, default=8, help="samples")
     p.add_argument("--seed", type=int, default=0, help="seed of x_T")
@@ -572,6 +659,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", default="diffode_convergence.png", help="PNG to write")
     p.add_argument("--no-plot", action="store_true", help="write no plot")
     p.set_defaults(handler=cmd_converge)
+
+    p = sub.add_parser("calibrate", parents=[common], help="calibrate a time grid for an integrator and a budget",
+                       description="Find the time grid on which an integrator, with a budget of model evaluations, "
+                                   "best follows the model's ODE on a few pilot samples; write it as JSON (use it with "
+                                   "--grid FILE) and report its error on held-out noise beside the standard grids.")
+    p.add_argument("-o", "--out", required=True, help="the grid file to write (.json)")
+    p.add_argument("--model", default="mixture", help="mixture, digits, or package.module:factory")
+    p.add_argument("--schedule", choices=sorted(SCHEDULES), default=None, help="noise schedule")
+    p.add_argument("--parameterization", choices=sorted(PARAMETERIZATIONS), default="noise",
+                   help="what a user network predicts")
+    p.add_argument("--shape", nargs="+", type=int, help="shape of one sample (user models)")
+    p.add_argument("--integrator", default="dpmpp_2m", help="a fixed-grid integrator (see diffode list)")
+    p.add_argument("--option", action="append", metavar="KEY=VALUE", help="integrator option, repeatable")
+    p.add_argument("--nfe", type=int, default=10, help="the budget of model evaluations")
+    p.add_argument("--method", choices=["search", "dp"], default="search",
+                   help="search (default: warp the best standard grid) or dp (GITS's dynamic programming)")
+    p.add_argument("--pilots", type=int, default=32, help="pilot samples to calibrate on")
+    p.add_argument("--test", type=int, default=64, help="held-out samples to judge on (seed + 1)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the pilot noise")
+    p.add_argument("--max-runs", type=int, default=200, help="most sampling runs of the search")
+    p.add_argument("--rtol", type=float, default=None, help="ground-truth tolerance (default 1e-8; 1e-6 for networks)")
+    p.add_argument("--t-start", type=float, default=None, help="start time (default T)")
+    p.add_argument("--t-end", type=float, default=None, help="end time (default 1/N or 1e-3)")
+    p.set_defaults(handler=cmd_calibrate)
 
     p = sub.add_parser("list", parents=[common], help="registered integrators, schedules, parameterizations",
                        description="The registered integrators, schedules, parameterizations, grids and models.")

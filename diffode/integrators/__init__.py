@@ -14,15 +14,17 @@ from diffode.integrators.base import (
     linear_combination,
 )
 from diffode.integrators.grids import GivenTimes, Karras, TimeGrid, TimeQuadratic, UniformLambda, UniformTime, get_grid
+from diffode.integrators.heun import Heun
 from diffode.integrators.multistep import DPMSolverMultistep
 from diffode.integrators.reference import ReferenceSolution, solve_reference
 from diffode.integrators.registry import INTEGRATORS, get_integrator, register
 from diffode.integrators.singlestep import DPMSolverSinglestep, Stage, singlestep_orders
+from diffode.integrators.torchdiffeq_bridge import Torchdiffeq
 
 __all__ = [
     "DPMSolverAdaptive", "DPMSolverMultistep", "DPMSolverSinglestep", "ExponentialIntegrator",
-    "GivenTimes", "History", "INTEGRATORS", "Integrator", "Karras", "Plan", "ReferenceSolution", "Stage", "State",
-    "StepResult", "TimeGrid", "TimeQuadratic", "UniformLambda", "UniformTime", "Update", "exponential_update",
+    "GivenTimes", "Heun", "History", "INTEGRATORS", "Integrator", "Karras", "Plan", "ReferenceSolution", "Stage", "State",
+    "StepResult", "TimeGrid", "TimeQuadratic", "Torchdiffeq", "UniformLambda", "UniformTime", "Update", "exponential_update",
     "get_grid", "get_integrator", "linear_combination", "apply_lower_order_final", "register", "singlestep_orders",
     "solve_reference",
 ]

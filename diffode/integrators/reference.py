@@ -23,7 +23,7 @@ from diffode._utils import Number, as_time, check_finite_number
 from diffode.models.predictor import Predictor
 from diffode.schedules.base import TimePoint
 
-__all__ = ["ReferenceSolution", "integrate_in_lambda", "solve_reference"]
+__all__ = ["ReferenceSolution", "integrate_in_lambda", "lambda_rhs", "solve_reference"]
 
 
 @dataclass
@@ -84,13 +84,34 @@ def solve_reference(model: Predictor, x: Tensor, t_start: Number, t_end: Number,
 _ADAPTIVE_METHODS = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
 
 
+def lambda_rhs(model: Predictor, point_at: Callable[[float], TimePoint]) -> Callable[[Tensor, Tensor], Tensor]:
+    r"""The probability-flow ODE in $\lambda$ for $y = x/\alpha$: $(\lambda, y) \mapsto -e^{-\lambda}\hat\epsilon(\alpha y)$.
+
+    The one right-hand side behind :func:`integrate_in_lambda` (the ground truth) and the
+    torchdiffeq bridge (:class:`~diffode.integrators.torchdiffeq_bridge.Torchdiffeq`). Each call is
+    one model evaluation, made through ``model.predict``.
+
+    Args:
+        model: Gives the noise prediction through ``model.predict(x, point, "noise")``.
+        point_at: Maps a half log-SNR to its :class:`~diffode.schedules.TimePoint`.
+    """
+
+    def rhs(lam: Tensor, y: Tensor) -> Tensor:
+        p = point_at(float(lam))
+        eps = model.predict(p.alpha * y, p, "noise")
+        return eps * (-p.sigma / p.alpha)  # -exp(-lambda) = -sigma/alpha
+
+    return rhs
+
+
 def integrate_in_lambda(model: Predictor, x: Tensor, lams: Sequence[float], point_at: Callable[[float], TimePoint], *,
                         rtol: float = 1e-10, atol: float = 1e-10, method: str = "dopri5") -> tuple[Tensor, int]:
     r"""Solve $\mathrm dy/\mathrm d\lambda = -e^{-\lambda}\hat\epsilon(\alpha y)$, $y = x/\alpha$, through ``lams``.
 
     The one integration behind :func:`solve_reference` (where ``point_at`` is the schedule's
     ``point_at_lambda``) and :func:`diffode.study.continue_in_lambda` (a VP path followed past the
-    schedule's last time, where $\alpha$ and $\sigma$ are functions of $\lambda$ alone).
+    schedule's last time, where $\alpha$ and $\sigma$ are functions of $\lambda$ alone); its
+    right-hand side is :func:`lambda_rhs`.
 
     Args:
         model: Gives the noise prediction through ``model.predict(x, point, "noise")``.
@@ -106,13 +127,12 @@ def integrate_in_lambda(model: Predictor, x: Tensor, lams: Sequence[float], poin
         number of model evaluations.
     """
     nfe = 0
+    field = lambda_rhs(model, point_at)
 
     def rhs(lam: Tensor, y: Tensor) -> Tensor:
         nonlocal nfe
         nfe += 1
-        p = point_at(float(lam))
-        eps = model.predict(p.alpha * y, p, "noise")
-        return eps * (-p.sigma / p.alpha)  # -exp(-lambda) = -sigma/alpha
+        return field(lam, y)
 
     points = [point_at(lam) for lam in lams]
     # Where the vector field is tiny at the start (t ~ 1e-5 on a VP path), dopri5's own first-step

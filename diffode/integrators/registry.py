@@ -8,10 +8,13 @@ from dataclasses import dataclass
 
 from diffode.integrators.adaptive import DPMSolverAdaptive
 from diffode.integrators.base import Integrator
+from diffode.integrators.heun import Heun
 from diffode.integrators.multistep import DPMSolverMultistep
 from diffode.integrators.singlestep import DPMSolverSinglestep
+from diffode.integrators.torchdiffeq_bridge import METHODS as TORCHDIFFEQ_METHODS
+from diffode.integrators.torchdiffeq_bridge import torchdiffeq_integrator
 
-__all__ = ["INTEGRATORS", "get_integrator", "register"]
+__all__ = ["FAMILIES", "INTEGRATORS", "get_integrator", "register"]
 
 
 @dataclass(frozen=True)
@@ -23,6 +26,13 @@ class Entry:
 
 
 INTEGRATORS: dict[str, Entry] = {}
+
+#: Families of integrators named ``prefix:member`` (``"torchdiffeq:rk4"``): the prefix maps to a
+#: factory of the member's name, a description, and the members.
+FAMILIES: dict[str, tuple[Callable[[str], Integrator], str, tuple[str, ...]]] = {
+    "torchdiffeq": (torchdiffeq_integrator, "any torchdiffeq method on the probability-flow ODE in lambda",
+                    tuple(TORCHDIFFEQ_METHODS)),
+}
 
 
 def register(name: str, description: str):
@@ -38,7 +48,9 @@ def register(name: str, description: str):
 
 
 def get_integrator(name_or_instance: str | Integrator) -> Integrator:
-    """An integrator from a registered name, a ``package.module:name`` reference, or the instance itself.
+    """An integrator from a registered name, a family member, a ``package.module:name`` reference, or the instance.
+
+    A family member is ``prefix:member`` with a prefix of :data:`FAMILIES` (``"torchdiffeq:rk4"``).
 
     A reference names an :class:`~diffode.integrators.Integrator` subclass (built with its default
     arguments), an instance, or a factory that returns one; importing the module may also register
@@ -50,9 +62,13 @@ def get_integrator(name_or_instance: str | Integrator) -> Integrator:
         raise TypeError(f"expected an integrator name or instance, got {type(name_or_instance).__name__}")
     if name_or_instance in INTEGRATORS:
         return INTEGRATORS[name_or_instance].factory()
+    prefix, _, member = name_or_instance.partition(":")
+    if prefix in FAMILIES:
+        return FAMILIES[prefix][0](member)
     if ":" in name_or_instance:
         return _from_reference(name_or_instance)
     raise ValueError(f"unknown integrator {name_or_instance!r}; registered: {', '.join(sorted(INTEGRATORS))}; "
+                     f"families: {', '.join(f'{p}:METHOD' for p in FAMILIES)}; "
                      "or give an integrator of your own as package.module:name")
 
 
@@ -97,3 +113,4 @@ for _p, _tag, _paper in (("data", "dpmpp", "DPM-Solver++"), ("noise", "dpm", "DP
              lambda k=_k, p=_p: DPMSolverAdaptive(k, p))
     _add(f"{_tag}_3m_sw", f"{_paper} multistep order 3 with a singlestep warm-up (global order 3, +1 NFE)",
          lambda p=_p: DPMSolverMultistep(3, p, warmup="singlestep"))
+_add("heun", "EDM's Heun (Karras et al. 2022) in sigma/alpha, order 2, 2 NFE/step", Heun)
