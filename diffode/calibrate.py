@@ -39,7 +39,7 @@ from torch import Tensor
 
 from diffode._utils import check_choice, check_int, check_tensor
 from diffode.integrators.base import Integrator
-from diffode.integrators.grids import GivenTimes, get_grid
+from diffode.integrators.grids import GivenTimes
 from diffode.integrators.reference import solve_reference
 from diffode.integrators.registry import get_integrator
 from diffode.models.predictor import Predictor

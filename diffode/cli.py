@@ -582,7 +582,6 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``diffode`` command and its four subcommands."""
-    from diffode.integrators.grids import GRIDS
     from diffode.models.builtin import SCHEDULES
     from diffode.models.parameterizations import PARAMETERIZATIONS
 
