@@ -3,8 +3,10 @@
 Every command prints a human-readable report, or one JSON document with ``--json``; progress bars
 go to stderr and ``--quiet`` silences them. A user mistake (an unknown name, a bad option, a file
 that cannot be written) ends with one line ``diffode: error: ...`` and exit status 2; set
-``DIFFODE_DEBUG=1`` to see the traceback instead. ``diffode converge`` exits with status 1 when a
-fitted order misses its nominal order by more than ``--tolerance``.
+``DIFFODE_DEBUG=1`` to see the traceback instead. ``diffode converge`` exits with status 1 when an
+integrator's asymptotic slope misses its nominal order by more than ``--tolerance``, and with status 3
+when no integrator failed but the given step counts do not reach the asymptotic regime
+(inconclusive, see :func:`diffode.study.fit_order`).
 """
 
 from __future__ import annotations
@@ -465,7 +467,8 @@ def cmd_converge(args: argparse.Namespace) -> int:
         args: The parsed command line.
 
     Returns:
-        1 when a fitted slope misses its nominal order by more than ``--tolerance``, else 0.
+        1 when an asymptotic slope misses its nominal order by more than ``--tolerance``, else 3 when
+        some order could not be shown at these steps (inconclusive), else 0.
     """
     from diffode import study
     from diffode.models.builtin import BUILTIN_MODELS, load_model
@@ -597,8 +600,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("converge", parents=[common], help="convergence study; exit 1 if an order is missed",
                        description="Errors of integrators x orders x step counts against the RK45 ground truth, "
-                                   "the fitted slopes, and a plot. Exit status 1 when a slope misses its nominal "
-                                   "order by more than --tolerance (a CI gate).")
+                                   "the orders fitted where the errors are asymptotic (the steps used are "
+                                   "shown), and a plot. A CI gate: exit status 0 when every order is met, 1 "
+                                   "when an asymptotic slope misses its nominal order by more than --tolerance, "
+                                   "3 when the step counts cannot show an order (inconclusive: errors not in "
+                                   "the asymptotic regime, or at the ground truth's error floor).")
     p.add_argument("--model", default="mixture", help="built-in model (default mixture)")
     p.add_argument("--schedule", choices=sorted(SCHEDULES), default=None, help="schedule (default discrete)")
     p.add_argument("--integrators", nargs="+", metavar="NAME", help="registered integrators")
@@ -628,7 +634,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv: The arguments (default ``sys.argv[1:]``).
 
     Returns:
-        The exit status: 0, 1 for a failed convergence gate, 2 for a user mistake, 130 on Ctrl-C.
+        The exit status: 0, 1 for a failed convergence gate, 2 for a user mistake, 3 for an
+        inconclusive convergence study, 130 on Ctrl-C.
     """
     parser = build_parser()
     args = parser.parse_args(argv)
