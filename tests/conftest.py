@@ -6,7 +6,6 @@ import pytest
 import torch
 from hypothesis import settings
 
-
 # The one place the suite's thread count is set. Tiny tensors dominate the suite; with two intra-op
 # threads some kernels (softmax, searchsorted) take milliseconds instead of microseconds on small
 # shared machines. Results do not depend on it.

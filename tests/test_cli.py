@@ -291,7 +291,7 @@ def test_list_prints_plain_text_not_latex(capsys):
 def test_no_progress_bar_when_stderr_is_not_a_terminal(capsys, monkeypatch):
     from diffode.cli import Reporter, build_parser
 
-    code, _, err = run(capsys, "converge", "--integrators", "ddim", "--steps", "8", "16", "32", "--no-plot")
+    _, _, err = run(capsys, "converge", "--integrators", "ddim", "--steps", "8", "16", "32", "--no-plot")
     assert "convergence:" not in err and "\r" not in err  # capsys's stderr is no terminal, as a log file
     args = build_parser().parse_args(["demo"])
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True)

@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import doctest
 import importlib
-import json
 import importlib.util
+import json
 import pkgutil
 import re
 import shlex
