@@ -206,3 +206,26 @@ def test_a_memoised_grid_is_still_validated_every_time():
             dd.solve(model, x, "ddim", [1.0, 0.5, 0.7])
         with pytest.raises(ValueError, match="must lie in"):
             dd.solve(model, x, "ddim", [1.0, float("nan")])
+
+
+def test_check_interval_is_the_sampling_fronts_check():
+    s = dd.LinearVP()
+    assert s.check_interval(1.0, 1e-3) == (1.0, 1e-3)
+    assert s.check_interval(1e-3, 1.0, towards="noise") == (1e-3, 1.0)
+    with pytest.raises(ValueError, match=r"sampling needs t_start > t_end, got t_start=0.1, t_end=0.5; use inverse\(\)"):
+        s.check_interval(0.1, 0.5)
+    with pytest.raises(ValueError, match="inverse needs t_start < t_end"):
+        s.check_interval(0.5, 0.1, towards="noise")
+    with pytest.raises(ValueError, match="t_end must be > 0"):
+        s.check_interval(0.5, 0.0)
+    with pytest.raises(ValueError, match="t_start must lie in"):
+        s.check_interval(1.5, 0.1)
+    with pytest.raises(ValueError, match="towards"):
+        s.check_interval(0.5, 0.1, towards="up")
+    # The Python API says the same (DPMSolver.sample and the command line share this check).
+    model = dd.GaussianMixture([1.0], [[0.5, -1.0]], [0.3]).predictor(s)
+    with pytest.raises(ValueError) as api:
+        dd.DPMSolver(model).sample(torch.zeros(1, 2, dtype=torch.float64), steps=3, t_start=0.1, t_end=0.5)
+    with pytest.raises(ValueError) as ours:
+        s.check_interval(0.1, 0.5)
+    assert str(api.value) == str(ours.value)
