@@ -322,3 +322,16 @@ def test_npz_and_pt_carry_the_same_metadata(capsys, tmp_path):
         assert set(npz.files) == set(pt)
         assert npz["integrator"] == pt["integrator"] and float(npz["t_end"]) == pt["t_end"]
         assert np.array_equal(npz["samples"], pt["samples"].numpy())
+
+
+def test_converge_on_digits_runs_the_demo_integrators_by_default(capsys, monkeypatch):
+    from diffode import study
+    from diffode.cli import DIGITS_INTEGRATORS
+
+    seen = {}
+    monkeypatch.setattr(study, "ground_truth", lambda model, x, *a, **k: x)
+    monkeypatch.setattr(study, "reference_error", lambda *a, **k: 0.0)
+    monkeypatch.setattr(study, "convergence_study", lambda model, x, exact, integrators, *a, **k:
+                        seen.setdefault("names", list(integrators)) and [])
+    code, _, _ = run(capsys, "converge", "--model", "digits", "--no-plot", "--batch", "1")
+    assert code == 0 and seen["names"] == list(DIGITS_INTEGRATORS)
