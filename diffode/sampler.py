@@ -22,7 +22,7 @@ from diffode.integrators.singlestep import DPMSolverSinglestep
 from diffode.models.corrections import CorrectedData, dynamic_thresholding
 from diffode.models.predictor import Predictor
 from diffode.schedules.base import NoiseSchedule
-from diffode.solve import Solution, check_direction, solve, solve_adaptive
+from diffode.solve import Solution, solve, solve_adaptive
 
 __all__ = ["DPMSolver"]
 
@@ -179,7 +179,7 @@ class DPMSolver:
             raise TypeError("lower_order_final and denoise_to_zero must be bools")
         controller = AdaptiveController(atol=atol, rtol=rtol)
         grid = get_grid(skip_type)
-        t_start, t_end = check_direction(self.schedule, t_start, t_end, direction)
+        t_start, t_end = self.schedule.check_interval(t_start, t_end, towards="data" if direction < 0 else "noise")
         if integrator is None:
             integrator = self.integrator(method, order, solver_type, warmup)
         else:

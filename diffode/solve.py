@@ -39,7 +39,7 @@ from diffode.integrators.registry import get_integrator
 from diffode.models.predictor import Predictor
 from diffode.schedules.base import NoiseSchedule, TimePoint, memoised
 
-__all__ = ["NonFiniteError", "Solution", "check_direction", "denoise", "solve", "solve_adaptive", "working_dtype"]
+__all__ = ["NonFiniteError", "Solution", "denoise", "solve", "solve_adaptive", "working_dtype"]
 
 
 @dataclass
@@ -125,29 +125,6 @@ def _check_model(model: Predictor) -> None:
                         "diffode.models.wrap(net, schedule, ...)")
     if not isinstance(getattr(model, "schedule", None), NoiseSchedule):
         raise TypeError(f"model.schedule must be a diffode NoiseSchedule, got {type(getattr(model, 'schedule', None)).__name__}")
-
-
-def check_direction(schedule: NoiseSchedule, t_start: float, t_end: float, direction: int) -> tuple[float, float]:
-    """Validate the ends of a run: inside the schedule's range, > 0, and in the asked direction.
-
-    The one check behind :meth:`DPMSolver.sample <diffode.DPMSolver.sample>` (``direction=-1``,
-    noise to data), :meth:`DPMSolver.inverse <diffode.DPMSolver.inverse>` (``+1``) and the
-    command line.
-
-    Returns:
-        ``(t_start, t_end)`` as floats.
-    """
-    t_start = schedule.check_time("t_start", t_start)
-    t_end = schedule.check_time("t_end", t_end)
-    for name, value in (("t_start", t_start), ("t_end", t_end)):
-        if value <= 0.0:
-            raise ValueError(f"{name} must be > 0 (lambda is infinite at t = 0), got {value}")
-    if direction < 0 and not t_start > t_end:
-        raise ValueError(f"sampling needs t_start > t_end, got t_start={t_start}, t_end={t_end}; "
-                         "use inverse() to go from data to noise")
-    if direction > 0 and not t_start < t_end:
-        raise ValueError(f"inverse needs t_start < t_end, got t_start={t_start}, t_end={t_end}")
-    return t_start, t_end
 
 
 def _check_callable(name: str, fn) -> None:

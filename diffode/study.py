@@ -50,9 +50,10 @@ from diffode.schedules.base import TimePoint, VPSchedule
 from diffode.solve import Solution, solve, solve_adaptive
 
 __all__ = [
-    "ConvergenceResult", "ErrorRecord", "adaptive_table", "atomic_write", "configure_integrator",
-    "continue_in_lambda", "convergence_study", "convergence_table", "error_table", "error_vs_nfe", "fitted_slope",
-    "ground_truth", "markdown_table", "plot_series", "registered_names", "rmse", "sample_nfe", "zero_noise_limit",
+    "ConvergenceResult", "ErrorRecord", "OrderFit", "adaptive_table", "atomic_write", "check_output_path",
+    "configure_integrator", "continue_in_lambda", "convergence_study", "convergence_table", "error_table",
+    "error_vs_nfe", "fit_order", "fitted_slope", "ground_truth", "local_slopes", "markdown_table", "plot_series",
+    "reference_error", "registered_names", "rmse", "sample_nfe", "series_figure", "zero_noise_limit",
 ]
 
 
@@ -81,6 +82,105 @@ def fitted_slope(counts: Sequence[float], errors: Sequence[float], *, floor: flo
     return float(-np.polyfit(n, e, 1)[0])
 
 
+@dataclass(frozen=True)
+class OrderFit:
+    r"""The convergence order fitted where the errors are asymptotic, and what it shows.
+
+    Attributes:
+        slope: Minus the least-squares slope of $\log e$ against $\log n$ over ``used`` (NaN when
+            no asymptotic stretch was found).
+        used: The step counts fitted (a stretch of consecutive ones, the finest above the floor).
+        local_slopes: The order measured between each pair of consecutive step counts above the
+            floor, coarsest first.
+        verdict: ``"passed"`` (the asymptotic slope is the order), ``"failed"`` (it is not) or
+            ``"inconclusive"`` (these step counts do not reach the asymptotic regime).
+        reason: One sentence that says why, for a report.
+    """
+
+    slope: float
+    used: tuple[int, ...]
+    local_slopes: tuple[float, ...]
+    verdict: str
+    reason: str
+
+
+def local_slopes(counts: Sequence[float], errors: Sequence[float]) -> list[float]:
+    r"""The order between consecutive points: $-\log(e_{i+1}/e_i) / \log(n_{i+1}/n_i)$."""
+    return [-math.log(e1 / e0) / math.log(n1 / n0)
+            for (n0, e0), (n1, e1) in zip(zip(counts, errors), zip(counts[1:], errors[1:]))]
+
+
+def fit_order(counts: Sequence[int], errors: Sequence[float], order: float, *, tolerance: float = 0.25,
+              floor: float = 0.0, stability: float = 0.125) -> OrderFit:
+    r"""Fit the convergence order where the errors are asymptotic, and judge it against ``order``.
+
+    An order-$k$ method has error $e(n) = C n^{-k}(1 + O(1/n))$ for $n$ steps: the local slopes
+    between consecutive step counts settle at $k$ as $n$ grows (the asymptotic regime). At too few
+    steps they still drift (the pre-asymptotic regime); where the errors reach round-off or the
+    ground truth's own error they flatten. So:
+
+    1. Errors at or below ``floor`` (round-off, the ground truth's error) are dropped.
+    2. Going from the finest step count down, the stretch whose local slopes all lie within
+       ``stability`` of the finest local slope is the asymptotic regime; it needs at least three
+       points (two local slopes that agree).
+    3. The order is the least-squares slope over that stretch. It *passes* within ``tolerance`` of
+       ``order``. It *fails* when it misses, and a Richardson-style extrapolation of the last two
+       local slopes (whose differences halve each doubling in the asymptotic regime) misses too.
+    4. Without such a stretch, or with a miss that the extrapolation does not confirm, the result
+       is *inconclusive*: these step counts cannot show the order, which says nothing against the
+       integrator.
+
+    Args:
+        counts: Step counts, proportional to $1/h$ (any order; sorted here).
+        errors: The errors at those counts.
+        order: The nominal order.
+        tolerance: The allowed distance between the fitted slope and ``order``.
+        floor: Errors at or below it are not fitted.
+        stability: How far the local slopes of the asymptotic stretch may lie from the finest one.
+    """
+    if len(counts) != len(errors):
+        raise ValueError(f"counts and errors differ in length: {len(counts)} and {len(errors)}")
+    pts = sorted((int(n), float(e)) for n, e in zip(counts, errors))
+    kept = [(n, e) for n, e in pts if math.isfinite(e) and e > floor]
+    dropped = [n for n, e in pts if (n, e) not in kept]
+    ns = [n for n, _ in kept]
+    slopes = local_slopes(ns, [e for _, e in kept])
+    below = f" ({len(dropped)} at or below the floor {floor:.1e}: steps {', '.join(map(str, dropped))})" if dropped else ""
+    if len(kept) < 3:
+        return OrderFit(math.nan, tuple(ns), tuple(slopes), "inconclusive",
+                        f"inconclusive: {len(kept)} error{'s' if len(kept) != 1 else ''} above the floor{below}; "
+                        "a fit needs at least three step counts in the asymptotic regime"
+                        + ("; take fewer steps or a tighter ground truth" if dropped else ""))
+    start = len(slopes) - 1
+    while start > 0 and abs(slopes[start - 1] - slopes[-1]) <= stability:
+        start -= 1
+    shown = ", ".join(f"{p:.2f}" for p in slopes)
+    if start == len(slopes) - 1:
+        rising = slopes[-1] > slopes[-2]
+        hint = ("take larger step counts" if rising else
+                "if the finest errors approach round-off or the ground truth's own error, take smaller step "
+                "counts or a tighter ground truth; otherwise larger step counts")
+        return OrderFit(math.nan, (), tuple(slopes), "inconclusive",
+                        f"inconclusive: errors not in the asymptotic regime at these steps (local slopes {shown}, "
+                        f"still {'rising' if rising else 'falling'} by more than {stability:g}){below}; {hint}")
+    used = tuple(ns[start:])
+    n, e = np.log(np.array(kept[start:], dtype=float)).T
+    slope = float(-np.polyfit(n, e, 1)[0])
+    where = f"steps {', '.join(map(str, used))}"
+    if abs(slope - order) <= tolerance:
+        return OrderFit(slope, used, tuple(slopes), "passed", f"slope {slope:.2f} over {where}{below}")
+    # In the asymptotic regime the local slopes approach the order with differences that halve each
+    # doubling (the O(1/n) term): the last difference again is the rest of the way.
+    limit = slopes[-1] + (slopes[-1] - slopes[-2])
+    if abs(limit - order) <= tolerance:
+        return OrderFit(slope, used, tuple(slopes), "inconclusive",
+                        f"inconclusive: slope {slope:.2f} over {where}, still moving towards {order:g} "
+                        f"(local slopes {shown}){below}; take larger step counts")
+    return OrderFit(slope, used, tuple(slopes), "failed",
+                    f"FAILED: the local slopes settle at {slope:.2f} over {where}, not {order:g} "
+                    f"(local slopes {shown}){below}")
+
+
 def ground_truth(model: Predictor, x: Tensor, t_start: float | None = None, t_end: float | None = None, *,
                  rtol: float = 1e-10, atol: float = 1e-10) -> Tensor:
     """The RK45 (dopri5) solution of the probability-flow ODE in float64, from ``t_start`` (default T) to
@@ -89,6 +189,19 @@ def ground_truth(model: Predictor, x: Tensor, t_start: float | None = None, t_en
     t_start = schedule.T if t_start is None else t_start
     t_end = schedule.default_t_end if t_end is None else t_end
     return solve_reference(model, x.double(), t_start, t_end, rtol=rtol, atol=atol).x
+
+
+def reference_error(model: Predictor, x: Tensor, exact: Tensor, t_start: float | None = None,
+                    t_end: float | None = None, *, rtol: float = 1e-10, atol: float = 1e-10) -> float:
+    """An upper estimate of the error of a ground truth ``exact`` solved at ``rtol`` and ``atol``.
+
+    It is the RMSE between ``exact`` and the same solve at ten times the tolerances: RK45's error
+    falls with its tolerance, so this distance is at least the error of ``exact`` (about three times
+    it on the built-in mixture). Errors of a study within a small factor of it measure the ground
+    truth, not the integrator: pass a multiple of it as ``floor`` to :func:`convergence_study`.
+    """
+    loose = ground_truth(model, x, t_start, t_end, rtol=10 * rtol, atol=10 * atol)
+    return rmse(loose, exact)
 
 
 def continue_in_lambda(model: Predictor, x: Tensor, lam_from: float, lam_to: float, *, rtol: float = 1e-10,
@@ -272,8 +385,12 @@ class ConvergenceResult:
         steps: The step counts.
         nfe: The model evaluations at each step count.
         errors: The RMSE against the ground truth at each step count.
-        slope: The fitted order (NaN when fewer than two errors lie above round-off).
+        slope: The order fitted over the asymptotic stretch ``used`` (NaN when there is none), see
+            :func:`fit_order`.
         tolerance: The allowed distance between ``slope`` and ``order``.
+        verdict: ``"passed"``, ``"failed"`` or ``"inconclusive"`` (see :func:`fit_order`).
+        used: The step counts the slope was fitted over.
+        reason: One sentence that explains the verdict.
     """
 
     label: str
@@ -284,11 +401,24 @@ class ConvergenceResult:
     slope: float
     tolerance: float = 0.25
     extra: dict = field(default_factory=dict)
+    verdict: str = ""
+    used: list[int] = field(default_factory=list)
+    reason: str = ""
+
+    def __post_init__(self):
+        if not self.verdict:  # built by hand from a slope alone: judge the slope as it is
+            ok = math.isfinite(self.slope) and abs(self.slope - self.order) <= self.tolerance
+            self.verdict = "passed" if ok else "failed" if math.isfinite(self.slope) else "inconclusive"
 
     @property
     def passed(self) -> bool:
-        """Whether the fitted slope lies within ``tolerance`` of the nominal order."""
-        return math.isfinite(self.slope) and abs(self.slope - self.order) <= self.tolerance
+        """Whether the asymptotic slope lies within ``tolerance`` of the nominal order."""
+        return self.verdict == "passed"
+
+    @property
+    def failed(self) -> bool:
+        """Whether the asymptotic slope misses the nominal order (not merely inconclusive)."""
+        return self.verdict == "failed"
 
     def as_dict(self) -> dict:
         """A JSON-ready dictionary (a NaN slope becomes ``None``)."""
@@ -319,8 +449,11 @@ def convergence_study(model: Predictor, x: Tensor, exact: Tensor, integrators: M
         t_end: The end time (default the schedule's ``default_t_end``).
         tolerance: The allowed distance between the fitted slope and the nominal order.
         floor: Errors at or below it are not fitted (default ``1e-9`` times the RMS of ``exact``,
-            about the ground truth's own accuracy).
+            about the error of the default ground truth; :func:`reference_error` measures it).
         progress: Show a progress bar on stderr.
+
+    Returns:
+        One :class:`ConvergenceResult` per integrator, judged by :func:`fit_order`.
     """
     from tqdm.auto import tqdm
 
@@ -340,8 +473,9 @@ def convergence_study(model: Predictor, x: Tensor, exact: Tensor, integrators: M
             nfes.append(solution.nfe)
             errors.append(rmse(solution.x, exact))
             bar.update()
-        results.append(ConvergenceResult(label, integrator.order, list(steps), nfes, errors,
-                                         fitted_slope(steps, errors, floor=floor), tolerance))
+        fit = fit_order(steps, errors, integrator.order, tolerance=tolerance, floor=floor)
+        results.append(ConvergenceResult(label, integrator.order, list(steps), nfes, errors, fit.slope, tolerance,
+                                         verdict=fit.verdict, used=list(fit.used), reason=fit.reason))
     bar.close()
     return results
 
@@ -374,15 +508,17 @@ def adaptive_table(records: Sequence[ErrorRecord]) -> tuple[list[str], list[list
 
 
 def convergence_table(results: Sequence[ConvergenceResult]) -> tuple[list[str], list[list[str]]]:
-    """Rows of integrators, columns of step counts, then the fitted and the nominal order."""
+    """Rows of integrators, columns of step counts, then the fitted slope, the steps it was fitted
+    over, the nominal order and the verdict (``yes``, ``NO`` or ``inconclusive``)."""
     steps = sorted({n for r in results for n in r.steps})
-    header = ["integrator", *[f"n={n}" for n in steps], "slope", "order", "ok"]
+    header = ["integrator", *[f"n={n}" for n in steps], "slope", "fitted over", "order", "ok"]
     rows = []
     for r in results:
         by_n = dict(zip(r.steps, r.errors))
         slope = f"{r.slope:.2f}" if math.isfinite(r.slope) else "n/a"
-        rows.append([r.label, *[_fmt(by_n[n]) if n in by_n else "" for n in steps], slope, str(r.order),
-                     "yes" if r.passed else "NO"])
+        used = f"{r.used[0]}-{r.used[-1]}" if r.used else "-"
+        ok = {"passed": "yes", "failed": "NO"}.get(r.verdict, r.verdict)
+        rows.append([r.label, *[_fmt(by_n[n]) if n in by_n else "" for n in steps], slope, used, str(r.order), ok])
     return header, rows
 
 
@@ -399,16 +535,36 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join([line(cells[0]), sep, *map(line, cells[1:])])
 
 
+def check_output_path(path: str | os.PathLike, what: str = "output file") -> str:
+    """Check that ``path`` can be written: its folder exists (diffode creates no folders: a typo in
+    a path should not leave a new directory tree behind) and ``path`` is not itself a folder.
+
+    Returns:
+        ``path`` as a string.
+
+    Raises:
+        FileNotFoundError: If the folder does not exist.
+        IsADirectoryError: If ``path`` is a folder.
+    """
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"cannot write the {what} {path}: the folder {folder} does not exist "
+                                "(diffode creates no folders; create it first)")
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"cannot write the {what} {path}: it is a folder; give a file name")
+    return path
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
     """Write a file atomically: ``write(tmp)`` writes a temporary file beside ``path``, which then
     replaces ``path`` in one rename (readers never see a half-written file).
 
     The temporary name keeps the suffix of ``path``, so writers that choose a format by extension
-    (matplotlib, numpy) behave.
+    (matplotlib, numpy) behave. The folder must exist (:func:`check_output_path`).
     """
-    path = os.fspath(path)
+    path = check_output_path(path)
     folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
     suffix = os.path.splitext(path)[1]
     fd, tmp = tempfile.mkstemp(prefix=".diffode-", suffix=suffix, dir=folder)
     os.close(fd)
@@ -424,27 +580,43 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
         raise
 
 
-def plot_series(series: Mapping[str, tuple[Sequence[float], Sequence[float]]], path: str | os.PathLike, *,
-                title: str = "", xlabel: str = "NFE", ylabel: str = "RMSE vs RK45") -> None:
-    """A log-log plot of ``label -> (xs, ys)`` series, written atomically to ``path`` (PNG)."""
+def series_figure(series: Mapping[str, tuple[Sequence[float], Sequence[float]]], *, title: str = "",
+                  xlabel: str = "NFE", ylabel: str = "RMSE vs RK45"):
+    """The matplotlib figure of :func:`plot_series` (the caller closes it).
+
+    The title wraps to the width of the axes, so a long one is not clipped at the figure's edges,
+    and the legend sits to the right of the axes, where it cannot cover a data point.
+    """
+    import textwrap
+
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(6.4, 4.8))
+    fig, ax = plt.subplots(figsize=(7.2, 4.8))
+    for label, (xs, ys) in series.items():
+        pts = [(a, b) for a, b in zip(xs, ys) if b > 0 and math.isfinite(b)]
+        if pts:
+            ax.loglog(*zip(*pts), marker="o", label=label)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title("\n".join(textwrap.wrap(title, 60)), fontsize="medium")
+    ax.grid(True, which="both", alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
+    fig.tight_layout()
+    return fig
+
+
+def plot_series(series: Mapping[str, tuple[Sequence[float], Sequence[float]]], path: str | os.PathLike, *,
+                title: str = "", xlabel: str = "NFE", ylabel: str = "RMSE vs RK45") -> None:
+    """A log-log plot of ``label -> (xs, ys)`` series, written atomically to ``path`` (PNG)."""
+    import matplotlib.pyplot as plt
+
+    fig = series_figure(series, title=title, xlabel=xlabel, ylabel=ylabel)
     try:
-        for label, (xs, ys) in series.items():
-            pts = [(a, b) for a, b in zip(xs, ys) if b > 0 and math.isfinite(b)]
-            if pts:
-                ax.loglog(*zip(*pts), marker="o", label=label)
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel(ylabel)
-        if title:
-            ax.set_title(title)
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize="small")
-        fig.tight_layout()
-        atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
+        atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png", bbox_inches="tight"))
     finally:
         plt.close(fig)
 

@@ -220,3 +220,118 @@ def test_a_closed_pipe_is_not_an_error():
     err = proc.stderr.read()
     assert proc.wait(timeout=60) == 0
     assert b"Broken pipe" not in err and b"error" not in err
+
+
+# -- issue 12 --------------------------------------------------------------------------------------
+
+
+def test_converge_says_inconclusive_with_status_3_before_the_asymptotic_regime(capsys):
+    code, out, _ = run(capsys, "converge", "--integrators", "dpmpp_2m", "dpmpp_3m", "--steps", "24", "48", "96", "192",
+                       "--no-plot")
+    assert code == 3, out
+    assert "FAILED" not in out and "INCONCLUSIVE: dpmpp_2m, dpmpp_3m" in out
+    assert "not in the asymptotic regime at these steps" in out and "take larger step counts" in out
+    code, out, _ = run(capsys, "converge", "--integrators", "dpmpp_2m", "--steps", "24", "48", "96", "192",
+                       "--no-plot", "--json")
+    doc = json.loads(out)
+    assert code == 3 and doc["status"] == 3 and doc["passed"] is False
+    assert doc["results"][0]["verdict"] == "inconclusive" and doc["reference_error"] < 1e-8
+
+
+def test_converge_fails_a_second_order_method_that_claims_order_3(capsys, monkeypatch):
+    from diffode.integrators import registry
+    from tests.test_study import ReferenceWeighted3M
+
+    monkeypatch.setitem(registry.INTEGRATORS, "wrong_3m", registry.Entry(lambda: ReferenceWeighted3M(3, "data"),
+                                                                          "claims order 3, is order 2"))
+    code, out, _ = run(capsys, "converge", "--integrators", "wrong_3m", "dpmpp_3m", "--steps", "96", "192", "384",
+                       "768", "--no-plot", "--batch", "2")
+    assert code == 1, out
+    assert "FAILED: wrong_3m (slope 2.0" in out and "dpmpp_3m" not in out.split("FAILED")[-1]
+
+
+def test_converge_passes_where_the_errors_are_asymptotic_and_says_which_steps(capsys):
+    code, out, _ = run(capsys, "converge", "--integrators", "dpmpp_2m", "dpmpp_3m", "--steps", "96", "192", "384",
+                       "768", "--no-plot", "--json")
+    doc = json.loads(out)
+    assert code == 0 and doc["status"] == 0, doc
+    for r in doc["results"]:
+        assert r["verdict"] == "passed" and r["used"][-1] == 768 and abs(r["slope"] - r["order"]) < 0.25
+
+
+def test_sample_validates_its_times_as_the_python_api_does(capsys, tmp_path):
+    import diffode as dd
+    from diffode.models.builtin import load_model
+
+    _, model = load_model("mixture")
+    with pytest.raises(ValueError) as api:
+        dd.DPMSolver(model).sample(torch.zeros(1, 3, 8, 8, dtype=torch.float64), steps=5, t_start=0.1, t_end=0.5)
+    out = tmp_path / "a.pt"
+    code, _, err = run(capsys, "sample", "-o", str(out), "--t-start", "0.1", "--t-end", "0.5")
+    assert code == 2 and err == f"diffode: error: {api.value}\n" and not out.exists()
+    code, _, err = run(capsys, "sample", "-o", str(out), "--t-end", "0")
+    assert code == 2 and "t_end must lie in [0.001, 1]" in err
+
+
+def test_sample_refuses_a_folder_that_does_not_exist(capsys, tmp_path):
+    target = tmp_path / "no" / "such" / "dir" / "a.pt"
+    code, _, err = run(capsys, "sample", "-o", str(target))
+    assert code == 2 and "does not exist" in err and "create it first" in err
+    assert not (tmp_path / "no").exists()
+    code, _, err = run(capsys, "converge", "--plot", str(target.with_suffix(".png")), "--steps", "4", "8", "-q")
+    assert code == 2 and "--plot file" in err and not (tmp_path / "no").exists()
+
+
+def test_list_prints_plain_text_not_latex(capsys):
+    code, out, _ = run(capsys, "list")
+    assert code == 0 and "$" not in out and "\\" not in out
+    assert "x0_hat = (x - sigma_t eps_hat)/alpha_t" in out
+
+
+def test_no_progress_bar_when_stderr_is_not_a_terminal(capsys, monkeypatch):
+    from diffode.cli import Reporter, build_parser
+
+    _, _, err = run(capsys, "converge", "--integrators", "ddim", "--steps", "8", "16", "32", "--no-plot")
+    assert "convergence:" not in err and "\r" not in err  # capsys's stderr is no terminal, as a log file
+    args = build_parser().parse_args(["demo"])
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    assert Reporter(args).progress
+    args.quiet = True
+    assert not Reporter(args).progress
+
+
+def test_one_default_grid_for_demo_sample_and_converge():
+    from diffode.cli import build_parser
+
+    parser = build_parser()
+    grids = {cmd: parser.parse_args([cmd, *extra]).grid for cmd, extra in
+             (("demo", []), ("sample", ["-o", "x.pt"]), ("converge", []))}
+    assert set(grids.values()) == {"logSNR"}, grids
+
+
+def test_parameterization_is_refused_for_a_built_in_model(capsys, tmp_path):
+    code, _, err = run(capsys, "sample", "-o", str(tmp_path / "a.pt"), "--parameterization", "v")
+    assert code == 2 and "drop --parameterization v" in err
+
+
+def test_npz_and_pt_carry_the_same_metadata(capsys, tmp_path):
+    assert run(capsys, "sample", "-o", str(tmp_path / "a.pt"), "--nfe", "5", "--batch", "2")[0] == 0
+    assert run(capsys, "sample", "-o", str(tmp_path / "a.npz"), "--nfe", "5", "--batch", "2")[0] == 0
+    pt = torch.load(tmp_path / "a.pt")
+    with np.load(tmp_path / "a.npz") as npz:
+        assert set(npz.files) == set(pt)
+        assert npz["integrator"] == pt["integrator"] and float(npz["t_end"]) == pt["t_end"]
+        assert np.array_equal(npz["samples"], pt["samples"].numpy())
+
+
+def test_converge_on_digits_runs_the_demo_integrators_by_default(capsys, monkeypatch):
+    from diffode import study
+    from diffode.cli import DIGITS_INTEGRATORS
+
+    seen = {}
+    monkeypatch.setattr(study, "ground_truth", lambda model, x, *a, **k: x)
+    monkeypatch.setattr(study, "reference_error", lambda *a, **k: 0.0)
+    monkeypatch.setattr(study, "convergence_study", lambda model, x, exact, integrators, *a, **k:
+                        seen.setdefault("names", list(integrators)) and [])
+    code, _, _ = run(capsys, "converge", "--model", "digits", "--no-plot", "--batch", "1")
+    assert code == 0 and seen["names"] == list(DIGITS_INTEGRATORS)

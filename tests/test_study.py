@@ -169,3 +169,102 @@ def test_image_mixture_is_deterministic_and_image_like():
         load_model("nope")
     with pytest.raises(ValueError, match="its own schedule"):
         load_model("digits", "linear")
+
+
+# -- fitting the order where the errors are asymptotic (issue 12) ---------------------------------
+
+# Measured by `diffode converge --integrators dpmpp_2m dpmpp_3m --steps 24 48 96 192` on the built-in
+# mixture: the local slopes still rise towards 2 and 3 (pre-asymptotic), which a plain fit over all
+# points called a failure (slopes 1.61 and 2.39).
+PRE_ASYMPTOTIC = {2: [1.40e-03, 4.98e-04, 1.68e-04, 4.87e-05], 3: [1.60e-03, 3.77e-04, 7.75e-05, 1.09e-05]}
+
+
+@pytest.mark.parametrize("order", [2, 3])
+def test_pre_asymptotic_errors_are_inconclusive_not_failed(order):
+    fit = study.fit_order([24, 48, 96, 192], PRE_ASYMPTOTIC[order], order)
+    assert fit.verdict == "inconclusive" and math.isnan(fit.slope) and fit.used == ()
+    assert "not in the asymptotic regime" in fit.reason and "take larger step counts" in fit.reason
+    assert study.fitted_slope([24, 48, 96, 192], PRE_ASYMPTOTIC[order]) < order - 0.25  # what the old gate saw
+
+
+def test_the_fit_uses_the_asymptotic_stretch_and_says_which():
+    counts = [16, 32, 64, 128, 256, 512]
+    # A pre-asymptotic start: e = n^-2 (1 + 40/n) has local slopes 2.5, 2.4, 2.3, ... settling at 2.
+    errors = [n**-2.0 * (1 + 40 / n) for n in counts]
+    fit = study.fit_order(counts, errors, 2)
+    assert fit.verdict == "passed" and fit.used[-1] == 512 and 16 not in fit.used
+    assert abs(fit.slope - 2) < 0.15 and "over steps" in fit.reason
+    # Round-off at the fine end: errors at the floor are dropped, and the report names them.
+    errors = [3 * n**-3.0 for n in counts[:4]] + [1e-12, 1.1e-12]
+    fit = study.fit_order(counts, errors, 3, floor=1e-11)
+    assert fit.verdict == "passed" and fit.used == (16, 32, 64, 128) and fit.slope == pytest.approx(3)
+    assert "steps 256, 512" in fit.reason
+    # Too few points above the floor: inconclusive, with a hint the other way.
+    fit = study.fit_order(counts, errors, 3, floor=2e-5)
+    assert fit.verdict == "inconclusive" and "fewer steps" in fit.reason
+
+
+def test_a_wrong_order_still_fails_clearly():
+    counts = [64, 128, 256, 512]
+    fit = study.fit_order(counts, [5 * n**-2.0 for n in counts], 3)
+    assert fit.verdict == "failed" and fit.slope == pytest.approx(2) and fit.reason.startswith("FAILED")
+
+
+class ReferenceWeighted3M(DPMSolverMultistep):
+    """Multistep order 3 with the reference implementation's phi_3 weight: really order 2
+    (docs/derivations.md, section 6), so a deliberately wrong claim of order 3."""
+
+    def update_factors(self, n_nodes, z):
+        from diffode.integrators.coefficients import phi
+
+        return [phi(1, z), phi(2, z), phi(3, z)] if n_nodes == 3 else None
+
+
+def test_a_second_order_method_claiming_order_3_fails_the_study():
+    model = linear_model()
+    x = noise()
+    exact = study.ground_truth(model, x)
+    wrong, right = study.convergence_study(model, x, exact, {"wrong": ReferenceWeighted3M(3, "data"),
+                                                             "right": "dpmpp_3m"}, [64, 128, 256], floor=1e-8)
+    assert wrong.order == 3 and wrong.verdict == "failed" and wrong.failed and not wrong.passed
+    assert abs(wrong.slope - 2) < 0.2, wrong
+    assert right.verdict == "passed", right
+    assert wrong.as_dict()["verdict"] == "failed" and wrong.as_dict()["used"] == [64, 128, 256]
+
+
+def test_reference_error_bounds_the_ground_truth_error():
+    gm = gaussian()
+    model = gm.predictor(dd.LinearVP())
+    x = noise(dim=gm.event_shape[0])
+    exact = study.ground_truth(model, x, 1.0, 1e-3)
+    closed = gm.pf_solution(x, 1.0, 1e-3, model.schedule)
+    estimate = study.reference_error(model, x, exact, 1.0, 1e-3)
+    assert rmse(exact, closed) <= estimate < 1e-6
+
+
+def test_a_result_built_from_a_slope_alone_is_judged_by_it():
+    ok = study.ConvergenceResult("a", 2, [1, 2], [1, 2], [1.0, 0.25], 2.0)
+    bad = study.ConvergenceResult("b", 3, [1, 2], [1, 2], [1.0, 0.25], 2.0)
+    none = study.ConvergenceResult("c", 3, [1, 2], [1, 2], [1.0, 1.0], math.nan)
+    assert (ok.verdict, bad.verdict, none.verdict) == ("passed", "failed", "inconclusive")
+
+
+def test_the_plot_keeps_its_title_inside_and_its_legend_off_the_data():
+    import matplotlib.pyplot as plt
+
+    title = "convergence: mixture, DiscreteVP(N=1000, clip_lambda=-5.1), logSNR grid, and some more words"
+    series = {name: ([128, 256, 512, 1024], [k * n**-2.0 for n in (128, 256, 512, 1024)])
+              for k, name in zip((1, 3, 10, 30, 100, 300, 1000, 3000, 10000), "abcdefghi")}
+    fig = study.series_figure(series, title=title, xlabel="steps")
+    try:
+        fig.canvas.draw()
+        renderer = fig.canvas.get_renderer()
+        ax = fig.axes[0]
+        figure_box = fig.bbox
+        title_box = ax.title.get_window_extent(renderer)
+        assert figure_box.x0 <= title_box.x0 and title_box.x1 <= figure_box.x1, (title_box, figure_box)
+        legend_box = ax.get_legend().get_window_extent(renderer)
+        points = np.concatenate([ax.transData.transform(np.column_stack(line.get_data())) for line in ax.lines])
+        assert not any(legend_box.contains(px, py) for px, py in points)
+    finally:
+        plt.close(fig)

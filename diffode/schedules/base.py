@@ -35,7 +35,7 @@ from typing import TypeVar
 import torch
 from torch import Tensor
 
-from diffode._utils import Number, as_time, check_finite_number, expand_to
+from diffode._utils import Number, as_time, check_choice, check_finite_number, expand_to
 
 # Host times within this relative distance outside [t_min, T] are round-off, and are snapped to the
 # end they miss. 8 float32 ulps (9.5e-7): a time computed in float32, or mapped from float32 values
@@ -361,6 +361,37 @@ class NoiseSchedule(abc.ABC):
         if not self._host_time_ok(value, low):
             raise ValueError(f"{name} must lie in [{low:g}, {self.T:g}] for {self!r}, got {value!r}")
         return min(max(value, low), self.T)
+
+    def check_interval(self, t_start: Number, t_end: Number, *, towards: str = "data") -> tuple[float, float]:
+        r"""Validate the start and end times of a solve, as every sampling front end does.
+
+        Both times must lie in ``[t_min, T]`` and be > 0 ($\lambda$ is infinite at $t = 0$), and the
+        solve must run in the direction asked: towards the data (sampling, ``t_start > t_end``) or
+        towards the noise (inversion, ``t_start < t_end``).
+
+        Args:
+            t_start: The start time.
+            t_end: The end time.
+            towards: ``"data"`` (sampling) or ``"noise"`` (inversion).
+
+        Returns:
+            ``(t_start, t_end)`` as floats.
+
+        Raises:
+            ValueError: If a time is out of range or not finite, or the direction is the wrong one.
+        """
+        check_choice("towards", towards, ("data", "noise"))
+        t_start = self.check_time("t_start", t_start)
+        t_end = self.check_time("t_end", t_end)
+        for name, value in (("t_start", t_start), ("t_end", t_end)):
+            if value <= 0.0:
+                raise ValueError(f"{name} must be > 0 (lambda is infinite at t = 0), got {value}")
+        if towards == "data" and not t_start > t_end:
+            raise ValueError(f"sampling needs t_start > t_end, got t_start={t_start}, t_end={t_end}; "
+                             "use inverse() to go from data to noise")
+        if towards == "noise" and not t_start < t_end:
+            raise ValueError(f"inverse needs t_start < t_end, got t_start={t_start}, t_end={t_end}")
+        return t_start, t_end
 
 
 class VPSchedule(NoiseSchedule):

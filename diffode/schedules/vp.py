@@ -46,7 +46,7 @@ def _as_float64_vector(name: str, values) -> Tensor:
         raise ValueError(f"{name} needs at least 2 entries, got {tensor.numel()}")
     bad = (~torch.isfinite(tensor)).nonzero().flatten().tolist()
     if bad:
-        raise ValueError(f"{name} contains NaN or Inf ({len(bad)} entries; first: {name}[{bad[0]}] = "
+        raise ValueError(f"{name} contains NaN or Inf ({len(bad)} {'entries' if len(bad) > 1 else 'entry'}; first: {name}[{bad[0]}] = "
                          f"{tensor[bad[0]].item()!r})")
     return tensor
 
@@ -54,9 +54,37 @@ def _as_float64_vector(name: str, values) -> Tensor:
 def _check_entries(name: str, values: Tensor, ok: Tensor, allowed: str) -> None:
     bad = (~ok).nonzero().flatten().tolist()
     if bad:
-        raise ValueError(f"{name} must {allowed}; {len(bad)} entries do not, the first is {name}[{bad[0]}] = "
+        raise ValueError(f"{name} must {allowed}; {len(bad)} {'entries do' if len(bad) > 1 else 'entry does'} not, the first is {name}[{bad[0]}] = "
                          f"{values[bad[0]].item()!r} (values range over [{values.min().item():g}, "
                          f"{values.max().item():g}])")
+
+
+# A step must move the half log-SNR by this many times its own float64 round-off (eps times the size of
+# log alpha, log sigma and lambda there); below it float64 cannot tell the times of that step apart.
+_LAMBDA_RESOLUTION = 1000.0
+
+
+def _check_lambda_resolves_time(name: str, values: Tensor, log_alphas: Tensor) -> None:
+    """Reject a schedule whose half log-SNR changes across a step by less than float64 can resolve.
+
+    Such a step (a beta of 1e-17 after 0.5, say) leaves $\\lambda$ flat, or flat but for round-off,
+    so no time in it can be recovered from $\\lambda$ and ``inverse_lambda`` has no meaning there.
+    Above the threshold ``inverse_lambda`` is exact to round-off in $\\lambda$ and resolves the time
+    to about ``1 / _LAMBDA_RESOLUTION`` of the step or better.
+    """
+    log_sigmas = 0.5 * torch.log(-torch.expm1(2.0 * log_alphas))
+    lams = log_alphas - log_sigmas
+    size = log_alphas.abs() + log_sigmas.abs() + lams.abs()
+    round_off = torch.finfo(torch.float64).eps * torch.maximum(size[:-1], size[1:])
+    drop = lams[:-1] - lams[1:]
+    bad = (~(drop > _LAMBDA_RESOLUTION * round_off)).nonzero().flatten().tolist()
+    if bad:
+        i = bad[0] + 1
+        raise ValueError(f"step {i} ({name}[{i}] = {values[i].item()!r}) moves the half log-SNR by only "
+                         f"{drop[i - 1].item():.3g}, less than {_LAMBDA_RESOLUTION:g} times its float64 round-off "
+                         f"({round_off[i - 1].item():.3g}): lambda_t cannot tell the times within it apart, so "
+                         f"inverse_lambda has no meaning there; merge that step into a neighbour or make it larger "
+                         f"({len(bad)} such step{'s' if len(bad) > 1 else ''})")
 
 
 def clip_log_alphas(log_alphas: Tensor, clip_lambda: float) -> Tensor:
@@ -94,6 +122,13 @@ class DiscreteVP(VPSchedule):
 
     Attributes:
         N: The number of discrete steps kept after clipping.
+
+    Raises:
+        ValueError: For entries outside (0, 1), NaN or Inf, and for a step so small (a beta of
+            1e-15 where $\alpha$ is far from 1) that $\lambda_t$ changes across it by less than
+            float64 can resolve: no time in such a step could be recovered by :meth:`inverse_lambda`.
+            Any larger step inverts to round-off in $\lambda$; the time it returns is as exact as
+            $\lambda$'s round-off divided by the slope $|\mathrm d\lambda/\mathrm dt|$ allows.
     """
 
     def __init__(self, betas: Sequence[float] | Tensor | None = None, *,
@@ -118,6 +153,7 @@ class DiscreteVP(VPSchedule):
         if clip_lambda is not None:
             clip_lambda = check_finite_number("clip_lambda", clip_lambda)
             log_alphas = clip_log_alphas(log_alphas, clip_lambda)
+        _check_lambda_resolves_time(name, values, log_alphas)
         self.clip_lambda = clip_lambda
         self.N = int(log_alphas.numel())
         self.T = 1.0

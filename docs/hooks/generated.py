@@ -18,6 +18,11 @@ A line that consists of one of these markers is replaced:
     available yet" note: pages can name modules that other work is still adding without breaking the
     strict build.
 
+``<!-- cli-reference -->``
+    The reference of the ``diffode`` command, built from its argument parser
+    (:func:`diffode.cli.build_parser`): per subcommand, its description, usage line and a table of
+    its options with their defaults. The page can never disagree with ``diffode --help``.
+
 ``<!-- api-overview -->``
     Every public name of diffode (the ``__all__`` of the package and of its subpackages), linked to
     its entry in the API reference. A name that the reference does not render becomes an unresolved
@@ -50,6 +55,7 @@ INCLUDE = re.compile(r"^<!--\s*include:\s*(?P<pattern>[^|]+?)\s*(?:\|\s*missing:
                      re.MULTILINE)
 REGISTRY = re.compile(r"^<!--\s*integrator-registry\s*-->\s*$", re.MULTILINE)
 API_MODULE = re.compile(r"^<!--\s*api:\s*(?P<module>[\w.]+)\s*-->\s*$", re.MULTILINE)
+CLI_REFERENCE = re.compile(r"^<!--\s*cli-reference\s*-->\s*$", re.MULTILINE)
 API_OVERVIEW = re.compile(r"^<!--\s*api-overview\s*-->\s*$", re.MULTILINE)
 LINK = re.compile(r"(?P<bang>!?)\[(?P<text>[^\]]*)\]\((?P<target>[^)\s]+)(?P<title>\s+\"[^\"]*\")?\)")
 FENCE = re.compile(r"^(```|~~~)")
@@ -254,6 +260,40 @@ def _api_overview() -> str:
     return "\n\n".join(out) + "\n" + version
 
 
+def _cell(text: str) -> str:
+    return " ".join(str(text).split()).replace("|", "\\|")
+
+
+def _cli_reference() -> str:
+    import argparse
+
+    from diffode.cli import build_parser
+
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    summaries = {a.dest: a.help for a in commands._choices_actions}
+    out = []
+    for name, sub in commands.choices.items():
+        usage = " ".join(sub.format_usage().replace("usage: ", "", 1).split())
+        rows = ["| Option | Default | Description |", "|---|---|---|"]
+        for action in sub._actions:
+            if isinstance(action, argparse._HelpAction):
+                continue
+            flags = ", ".join(f"`{o}`" for o in action.option_strings) or f"`{action.dest}`"
+            if action.choices is not None:
+                flags += " {" + ", ".join(map(str, action.choices)) + "}"
+            elif action.nargs != 0:
+                flags += f" `{action.metavar or action.dest.upper()}`" + (" ..." if action.nargs in ("+", "*") else "")
+            default = action.default
+            shown = ("" if default is None or default is False or default is argparse.SUPPRESS
+                     else " ".join(map(str, default)) if isinstance(default, list) else str(default))
+            required = " (required)" if action.required else ""
+            rows.append(f"| {flags}{required} | {_cell(shown) and f'`{_cell(shown)}`'} | {_cell(action.help or '')} |")
+        out += [f"### `diffode {name}`", "", _cell(sub.description or summaries.get(name, "")), "",
+                "```text", usage, "```", "", *rows, ""]
+    return "\n".join(out)
+
+
 def on_page_markdown(markdown, page, config, files):
     if "<!--" not in markdown:
         return markdown
@@ -262,6 +302,8 @@ def on_page_markdown(markdown, page, config, files):
         markdown = REGISTRY.sub(lambda m: _registry_table(), markdown)
     if API_MODULE.search(markdown):
         markdown = API_MODULE.sub(_api_module, markdown)
+    if CLI_REFERENCE.search(markdown):
+        markdown = CLI_REFERENCE.sub(lambda m: _cli_reference(), markdown)
     if API_OVERVIEW.search(markdown):
         markdown = API_OVERVIEW.sub(lambda m: _api_overview(), markdown)
     return markdown

@@ -2,9 +2,16 @@
 
 The Python blocks of one page run in order in one namespace, like the cells of a notebook, so a
 page may build on its earlier blocks. A block preceded by the line ``<!-- skip-snippet: reason -->``
-is not run (for the rare block that needs a network or a GPU). Shell blocks are not executed (they
-install packages or run for minutes), but every script and test path they name must exist, and
-every ``diffode`` command line must be accepted by the command's own argument parser.
+is not run (for the rare block that needs a network or a GPU).
+
+Shell blocks, in the docs and in the README: every script and test path they name must exist, every
+``diffode`` command line must be accepted by the command's own argument parser, and every
+``diffode`` command is run (in a scratch folder, in this process) with its documented outcome
+checked: exit status 0, or the status that a ``<!-- exit-status: N -->`` line before the block states, the report's key line,
+and the files it writes. The other commands of a block preceded by ``<!-- skip-run: reason -->`` are
+not run (installing packages, a network, the test suite itself), nor are ``pip``, ``mkdocs`` and
+``python -m pytest`` anywhere; :func:`test_every_shell_command_runs_or_says_why_not` lists every
+command that is not run, with its reason (``pytest -s`` shows it).
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ from __future__ import annotations
 import doctest
 import importlib
 import importlib.util
+import json
 import pkgutil
 import re
 import shlex
@@ -158,6 +166,96 @@ def test_shell_snippets_name_real_things(page: Path):
                 if (complaint := _diffode_accepts(args)) is not None:
                     problems.append(f"line {line}: `{' '.join(argv)}`: {complaint}")
     assert not problems, problems
+
+
+# ---------------------------------------------------------------------------------------------
+# Shell blocks: the diffode commands run and do what the docs say
+# ---------------------------------------------------------------------------------------------
+
+README = ROOT / "README.md"
+RUN_MARK = re.compile(r"<!--\s*(?P<kind>skip-run|exit-status):\s*(?P<value>.+?)\s*-->\s*$")
+# Commands that are never run here, whatever the block, and why.
+NOT_RUN = {"pip": "installs packages from the network", "mkdocs": "builds or serves the site (CI runs "
+           "mkdocs build --strict)", "pytest": "runs the test suite, which runs this test"}
+
+
+def shell_commands() -> list[tuple[str, int, list[str], str | None, int]]:
+    """(page, line, argv, reason it is not run or None, expected exit status) of every shell command."""
+    out = []
+    for path in [*pages(SHELL), README]:
+        text = path.read_text(encoding="utf-8")
+        for m in FENCE.finditer(text):
+            if m.group("lang").lower() not in SHELL:
+                continue
+            line = text.count("\n", 0, m.start()) + 2
+            before = [raw for raw in text[:m.start()].splitlines() if raw.strip()]
+            mark = RUN_MARK.search(before[-1]) if before else None
+            skip = mark.group("value") if mark and mark.group("kind") == "skip-run" else None
+            status = int(mark.group("value")) if mark and mark.group("kind") == "exit-status" else 0
+            name = path.relative_to(ROOT).as_posix()
+            for argv in _commands(m.group("body")):
+                program = "pytest" if argv[:3] == ["python", "-m", "pytest"] else argv[0]
+                # A diffode command runs even in a skip-run block (after `pip install ... &&`): the
+                # package is installed here, and the command needs nothing else.
+                reason = NOT_RUN.get(program) or (skip if program != "diffode" else None)
+                if reason is None and program != "diffode":
+                    reason = f"no rule runs {program!r} commands"
+                out.append((name, line, argv, reason, status))
+    return out
+
+
+def test_every_shell_command_runs_or_says_why_not():
+    commands = shell_commands()
+    assert any(argv[0] == "diffode" and reason is None for _, _, argv, reason, _ in commands)
+    assert any(name == "README.md" for name, *_ in commands)
+    not_run = [(f"{name}:{line}", " ".join(argv), reason) for name, line, argv, reason, _ in commands if reason]
+    unexplained = [c for c in not_run if c[2].startswith("no rule")]
+    assert not unexplained, f"run these commands in the docs test, or mark their block skip-run: {unexplained}"
+    assert not [c for c in not_run if c[1].startswith("diffode")], not_run
+    print("\n".join(f"not run: {where}: `{cmd}`: {reason}" for where, cmd, reason in not_run))
+
+
+def _slow(argv: list[str]) -> bool:
+    """Studies at the default step counts (128 to 1024) take tens of seconds."""
+    return argv[1:2] == ["converge"] and "--steps" not in argv
+
+
+RUNNABLE = [pytest.param(argv, status, id=f"{name}:{line}:{' '.join(argv[1:3])}",
+                         marks=[pytest.mark.slow] if _slow(argv) else [])
+            for name, line, argv, reason, status in shell_commands() if reason is None]
+
+
+@pytest.mark.parametrize("argv,status", RUNNABLE)
+def test_documented_diffode_commands_do_what_the_docs_say(argv, status, isolated, tmp_path, capsys):
+    from diffode.cli import main
+
+    args, redirect = argv[1:], None
+    if ">" in args:
+        i = args.index(">")
+        args, redirect = args[:i], args[i + 1]
+    code = main(args)
+    out, err = capsys.readouterr()
+    assert code == status, f"`{' '.join(argv)}` exited {code}, the docs say {status}:\n{out}\n{err}"
+    assert "Traceback" not in err
+    if redirect:
+        (tmp_path / redirect).write_text(out)
+    if "--json" in args:
+        doc = json.loads(out)
+        assert isinstance(doc, dict) and doc
+    command = args[0]
+    if command == "converge" and "--json" not in args:
+        key = {0: "every fitted order is within", 1: "FAILED:", 3: "INCONCLUSIVE:"}[status]
+        assert key in out, out
+    if command == "converge" and "--json" in args:
+        assert doc["status"] == status and all(r["verdict"] for r in doc["results"])
+    if command == "demo":
+        assert "RMSE against the RK45 ground truth" in out
+        assert "--no-plot" in args or (tmp_path / "diffode_demo.png").is_file()
+    if command == "sample":
+        target = args[args.index("-o") + 1] if "-o" in args else args[args.index("--out") + 1]
+        assert (tmp_path / target).is_file()
+    if command == "list":
+        assert "integrators:" in out and "dpmpp_2m" in out
 
 
 # ---------------------------------------------------------------------------------------------

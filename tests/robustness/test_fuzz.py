@@ -15,7 +15,7 @@ import math
 
 import pytest
 import torch
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
 import diffode as dd
@@ -111,8 +111,18 @@ def test_sampling_returns_a_finite_result_or_a_clear_error(call, schedule_name, 
 @given(values=st.lists(st.one_of(st.floats(-0.5, 1.5), st.sampled_from([0.0, 1.0, math.nan, math.inf, -math.inf])),
                        min_size=0, max_size=12),
        kind=st.sampled_from(["betas", "alphas_cumprod"]), sort=st.booleans())
+# Issue 12: a step that barely moves lambda (1e-12), and one that does not move it at all in float64.
+@example(values=[0.5, 1e-12], kind="betas", sort=False)
+@example(values=[0.5, 5e-324], kind="betas", sort=False)
+@example(values=[0.9, 1e-9, 0.2], kind="betas", sort=False)
 def test_discrete_schedule_from_any_numbers(values, kind, sort):
-    """Any list of numbers gives a usable schedule or a clear ValueError."""
+    """Any list of numbers gives a usable schedule or a clear ValueError.
+
+    A usable schedule has a strictly decreasing lambda, and ``inverse_lambda`` inverts it as exactly as
+    float64 allows: lambda of the returned time is lambda to round-off (backward error), and the time
+    is within round-off divided by the slope |d lambda / dt| (the conditioning: a step with a beta of
+    1e-12 moves lambda by 1e-12, so one float64 lambda stands for 1e-5 of time there).
+    """
     if sort:
         values = sorted(values, reverse=kind == "alphas_cumprod", key=lambda v: (math.isnan(v), v))
     try:
@@ -122,7 +132,13 @@ def test_discrete_schedule_from_any_numbers(values, kind, sort):
     t = torch.linspace(s.t_min, s.T, 50, dtype=torch.float64)
     lam = s.lambda_(t)
     assert torch.isfinite(lam).all() and (lam.diff() < 0).all()
-    assert torch.allclose(s.inverse_lambda(lam), t, rtol=1e-9, atol=1e-12)
+    back = s.inverse_lambda(lam)
+    eps = torch.finfo(torch.float64).eps
+    size = s.log_alpha(t).abs() + s.log_sigma(t).abs() + lam.abs()
+    assert ((s.lambda_(back) - lam).abs() <= 16 * eps * size).all()
+    # |d lambda / dt| = |f| / sigma^2; at a knot take the flatter of the two segments.
+    slope = torch.minimum(s.f(t - 1e-9).abs(), s.f(t + 1e-9).abs()) / s.sigma(t) ** 2
+    assert ((back - t).abs() <= 1e-9 * t + 1e-12 + 16 * eps * size / slope).all()
 
 
 @settings(max_examples=80, deadline=None)

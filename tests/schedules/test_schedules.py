@@ -141,10 +141,30 @@ def test_add_noise_per_sample_times():
     (dict(), "exactly one"),
     (dict(betas=torch.tensor([0.1, 0.2]), alphas_cumprod=torch.tensor([0.9, 0.8])), "exactly one"),
     (dict(alphas_cumprod=torch.tensor([0.9, 0.95, 0.5])), "strictly decreasing"),
+    # One entry, one noun: "1 entry does not", not "1 entries do not".
+    (dict(betas=torch.tensor([0.1, 1.2])), r"; 1 entry does not, the first is betas\[1\] = 1.2"),
+    (dict(betas=torch.tensor([1.5, 0.1, 1.2])), "; 2 entries do not"),
+    (dict(betas=torch.tensor([0.1, float("nan")])), r"\(1 entry; first"),
+    # Steps that do not move lambda in float64: no time in them can be recovered from lambda.
+    (dict(betas=[0.5, 5e-324], clip_lambda=None), r"step 1 \(betas\[1\] = 5e-324\) moves the half log-SNR by only 0"),
+    (dict(betas=[0.5, 1e-15, 0.1], clip_lambda=None), "inverse_lambda has no meaning there"),
 ])
 def test_discrete_bad_input(kwargs, match):
     with pytest.raises(ValueError, match=match):
         dd.DiscreteVP(**kwargs)
+
+
+def test_a_step_that_barely_moves_lambda_inverts_as_exactly_as_float64_allows():
+    # Issue 12: betas [0.5, 1e-12] move lambda by 1e-12 over the second step (t from 0.5 to 1), so
+    # lambda's float64 round-off (~1e-16) stands for ~1e-4 of time: the inverse can do no better in t,
+    # but it must return a time whose lambda is the one asked for.
+    s = dd.DiscreteVP(betas=[0.5, 1e-12], clip_lambda=None)
+    t = torch.linspace(0.5, 1.0, 101, dtype=torch.float64)
+    lam = s.lambda_(t)
+    back = s.inverse_lambda(lam)
+    assert (lam.diff() < 0).all()
+    assert (s.lambda_(back) - lam).abs().max() <= 4 * torch.finfo(torch.float64).eps
+    assert ((back >= 0.5) & (back <= 1.0)).all() and (back - t).abs().max() < 1e-3
 
 
 def test_linear_bad_input():
@@ -231,3 +251,26 @@ def test_a_grid_mapped_from_float32_sigmas_samples():
     assert solver.last_solution.times[0] == 1.0 and solver.last_solution.times[-1] == 1e-3
     expected = solver.sample(x, steps=8, skip_type=times64, lower_order_final=False)
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_check_interval_is_the_sampling_fronts_check():
+    s = dd.LinearVP()
+    assert s.check_interval(1.0, 1e-3) == (1.0, 1e-3)
+    assert s.check_interval(1e-3, 1.0, towards="noise") == (1e-3, 1.0)
+    with pytest.raises(ValueError, match=r"sampling needs t_start > t_end, got t_start=0.1, t_end=0.5; use inverse\(\)"):
+        s.check_interval(0.1, 0.5)
+    with pytest.raises(ValueError, match="inverse needs t_start < t_end"):
+        s.check_interval(0.5, 0.1, towards="noise")
+    with pytest.raises(ValueError, match="t_end must be > 0"):
+        s.check_interval(0.5, 0.0)
+    with pytest.raises(ValueError, match="t_start must lie in"):
+        s.check_interval(1.5, 0.1)
+    with pytest.raises(ValueError, match="towards"):
+        s.check_interval(0.5, 0.1, towards="up")
+    # The Python API says the same (DPMSolver.sample and the command line share this check).
+    model = dd.GaussianMixture([1.0], [[0.5, -1.0]], [0.3]).predictor(s)
+    with pytest.raises(ValueError) as api:
+        dd.DPMSolver(model).sample(torch.zeros(1, 2, dtype=torch.float64), steps=3, t_start=0.1, t_end=0.5)
+    with pytest.raises(ValueError) as ours:
+        s.check_interval(0.1, 0.5)
+    assert str(api.value) == str(ours.value)
