@@ -15,7 +15,7 @@ from diffode.models.predictor import Predictor, resolve_point
 from diffode.models.time_inputs import ContinuousTime, DiscreteTime, NoiseLevel, default_time_input
 from diffode.schedules.base import NoiseSchedule, TimePoint
 
-__all__ = ["ContinuousTime", "DiscreteTime", "ModelWrapper", "wrap"]
+__all__ = ["ModelWrapper", "wrap"]
 
 GUIDANCE_TYPES = ("uncond", "classifier", "classifier-free")
 TIME_INPUTS = ("discrete", "continuous", "noise_level")
