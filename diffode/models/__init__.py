@@ -3,7 +3,11 @@
 from diffode.models.adapters import from_edm, from_k_diffusion
 from diffode.models.analytic import AnalyticPredictor, GaussianMixture
 from diffode.models.corrections import CorrectedData, dynamic_thresholding
-from diffode.models.guidance import ClassifierFreeGuidance, ClassifierGuidance, concat_conditions
+from diffode.models.guidance import (
+    ClassifierFreeGuidance,
+    ClassifierGuidance,
+    concat_conditions,
+)
 from diffode.models.parameterizations import (
     Data,
     Denoiser,
@@ -16,12 +20,40 @@ from diffode.models.parameterizations import (
     get_parameterization,
 )
 from diffode.models.predictor import Predictor
-from diffode.models.time_inputs import ContinuousTime, DiscreteTime, EDMNoiseLevel, NoiseLevel, VESigma
+from diffode.models.time_inputs import (
+    ContinuousTime,
+    DiscreteTime,
+    EDMNoiseLevel,
+    NoiseLevel,
+    VESigma,
+)
 from diffode.models.wrapper import ModelWrapper, wrap
 
 __all__ = [
-    "AnalyticPredictor", "ClassifierFreeGuidance", "CorrectedData", "ClassifierGuidance", "ContinuousTime", "Data",
-    "Denoiser", "DiscreteTime", "EDMNoiseLevel", "EDMPreconditioned", "Flow", "GaussianMixture", "ModelWrapper",
-    "Noise", "NoiseLevel", "Parameterization", "Predictor", "Score", "VESigma", "Velocity", "concat_conditions",
-    "dynamic_thresholding", "from_edm", "from_k_diffusion", "get_parameterization", "wrap",
+    "AnalyticPredictor",
+    "ClassifierFreeGuidance",
+    "ClassifierGuidance",
+    "ContinuousTime",
+    "CorrectedData",
+    "Data",
+    "Denoiser",
+    "DiscreteTime",
+    "EDMNoiseLevel",
+    "EDMPreconditioned",
+    "Flow",
+    "GaussianMixture",
+    "ModelWrapper",
+    "Noise",
+    "NoiseLevel",
+    "Parameterization",
+    "Predictor",
+    "Score",
+    "VESigma",
+    "Velocity",
+    "concat_conditions",
+    "dynamic_thresholding",
+    "from_edm",
+    "from_k_diffusion",
+    "get_parameterization",
+    "wrap",
 ]

@@ -27,7 +27,16 @@ from torch import Tensor
 from diffode._utils import check_choice
 from diffode.models.analytic import GaussianMixture
 from diffode.models.predictor import Predictor
-from diffode.schedules import EDM, VE, CosineVP, DiscreteVP, FlowMatching, LinearVP, NoiseSchedule, SubVP
+from diffode.schedules import (
+    EDM,
+    VE,
+    CosineVP,
+    DiscreteVP,
+    FlowMatching,
+    LinearVP,
+    NoiseSchedule,
+    SubVP,
+)
 
 __all__ = ["BUILTIN_MODELS", "SCHEDULES", "BuiltinModel", "ddpm_betas", "get_schedule", "image_mixture",
            "load_model"]

@@ -76,7 +76,6 @@ class Parameterization(abc.ABC):
     def default_time_input(self, schedule):
         """The time input this kind of network takes, or ``None`` to let the schedule decide
         (see :func:`~diffode.models.time_inputs.default_time_input`)."""
-        return None
 
     def to_noise(self, out: Tensor, x: Tensor, alpha: Coeff, sigma: Coeff) -> Tensor:
         """The noise prediction $\\hat\\epsilon$ from the network output."""

@@ -12,7 +12,12 @@ from diffode._utils import Number, check_choice, check_finite_number
 from diffode.models.guidance import ClassifierFreeGuidance, ClassifierGuidance
 from diffode.models.parameterizations import Parameterization, get_parameterization
 from diffode.models.predictor import Predictor, resolve_point
-from diffode.models.time_inputs import ContinuousTime, DiscreteTime, NoiseLevel, default_time_input
+from diffode.models.time_inputs import (
+    ContinuousTime,
+    DiscreteTime,
+    NoiseLevel,
+    default_time_input,
+)
 from diffode.schedules.base import NoiseSchedule, TimePoint
 
 __all__ = ["ModelWrapper", "wrap"]

@@ -8,7 +8,14 @@ import torch
 
 import diffode as dd
 from diffode.integrators import DPMSolverMultistep
-from diffode.models import EDMNoiseLevel, EDMPreconditioned, NoiseLevel, VESigma, from_edm, from_k_diffusion
+from diffode.models import (
+    EDMNoiseLevel,
+    EDMPreconditioned,
+    NoiseLevel,
+    VESigma,
+    from_edm,
+    from_k_diffusion,
+)
 from tests.helpers import DDPM_BETAS, every_schedule, mixture2
 
 SCHEDULES = ["linear", "discrete", "ve", "edm", "subvp", "flow", "flow_shift3"]
@@ -98,7 +105,7 @@ def test_edm_preconditioned_network_is_a_denoiser(name):
 
 def test_edm_input_scaling_keeps_the_network_dtype():
     """A half-precision network sees its input in its dtype, scaled by c_in / alpha, under per-sample times."""
-    schedule, gm = dd.LinearVP(), mixture2()
+    schedule = dd.LinearVP()
     seen = []
 
     def net(x_in, c_noise, class_labels=None):

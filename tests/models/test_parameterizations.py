@@ -2,8 +2,7 @@ import pytest
 import torch
 
 import diffode as dd
-from diffode.models import get_parameterization
-from diffode.models import EDMPreconditioned
+from diffode.models import EDMPreconditioned, get_parameterization
 from tests.helpers import every_schedule, mixture2
 
 NAMES = ["noise", "data", "v", "score", "flow", "denoiser", "edm"]
