@@ -164,6 +164,9 @@ def test_sample_checks_for_non_finite_states_by_default(capsys, tmp_path, monkey
     (["demo", "--nfe", "0"], "--nfe must be integers >= 1"),
     (["converge", "--steps", "24"], "at least two step counts"),
     (["converge", "--integrators", "ddim", "--orders", "4"], "order must be 1, 2 or 3"),
+    (["likelihood", "--probes", "3"], "--probes 3 needs --divergence hutchinson"),
+    (["likelihood", "--data", "x.txt"], "--data must be a .pt or .npz file"),
+    (["likelihood", "--model", "torch.nn:Identity", "--shape", "2"], "pass --data FILE"),
 ])
 def test_user_mistakes_are_one_line_and_status_2(capsys, tmp_path, monkeypatch, argv, message):
     monkeypatch.chdir(tmp_path)
@@ -335,3 +338,91 @@ def test_converge_on_digits_runs_the_demo_integrators_by_default(capsys, monkeyp
                         seen.setdefault("names", list(integrators)) and [])
     code, _, _ = run(capsys, "converge", "--model", "digits", "--no-plot", "--batch", "1")
     assert code == 0 and seen["names"] == list(DIGITS_INTEGRATORS)
+
+
+PATHS = ["ve", "edm", "subvp", "flow"]
+
+
+def test_the_paths_are_schedules_of_every_command(capsys, tmp_path):
+    code, out, _ = run(capsys, "list", "--json")
+    assert set(PATHS) <= set(json.loads(out)["schedules"])
+    code, out, err = run(capsys, "demo", "--schedule", "edm", "--nfe", "5", "--batch", "2", "--integrators", "ddim",
+                         "--no-plot", "--json", "-q")
+    assert code == 0, err
+    assert json.loads(out)["schedule"].startswith("EDM(")
+    path = tmp_path / "flow.pt"
+    code, _, err = run(capsys, "sample", "-o", str(path), "--schedule", "flow", "--nfe", "4", "--batch", "2")
+    assert code == 0, err
+    assert torch.load(path)["schedule"].startswith("FlowMatching(")
+
+
+@pytest.mark.parametrize("schedule", PATHS)
+def test_converge_fits_the_orders_on_every_path(capsys, schedule):
+    code, out, err = run(capsys, "converge", "--schedule", schedule, "--integrators", "ddim", "dpm_2s",
+                         "--steps", "24", "48", "96", "--batch", "2", "--no-plot", "--json", "-q")
+    assert code == 0, out
+    doc = json.loads(out)
+    assert doc["passed"] and doc["schedule"].lower().startswith({"subvp": "subvp", "flow": "flowmatching"}.get(
+        schedule, schedule))
+    slopes = {r["label"]: r["slope"] for r in doc["results"]}
+    assert abs(slopes["ddim"] - 1) < 0.1 and abs(slopes["dpm_2s"] - 2) < 0.25
+
+
+def _gaussian_factories(tmp_path, monkeypatch):
+    (tmp_path / "lik_models.py").write_text(textwrap.dedent("""
+        import diffode as dd
+
+        MIXTURE = dd.GaussianMixture([0.4, 0.6], [[1.0, -0.5], [-1.0, 0.5]], [0.5, 0.3])
+
+        def network():
+            net = MIXTURE.network(dd.LinearVP())      # takes the continuous time, as wrap feeds LinearVP
+            net.sample_shape = (2,)
+            return net
+
+        def predictor():
+            p = MIXTURE.predictor(dd.VE())
+            p.sample_shape = (2,)
+            return p
+    """))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import importlib
+
+    return importlib.import_module("lik_models").MIXTURE
+
+
+def test_likelihood_of_a_user_network_matches_the_exact_density(capsys, tmp_path, monkeypatch):
+    mixture = _gaussian_factories(tmp_path, monkeypatch)
+    x = mixture.sample(3, generator=torch.Generator().manual_seed(1))
+    data = tmp_path / "x.pt"
+    torch.save({"samples": x}, data)
+    code, out, err = run(capsys, "likelihood", "--model", "lik_models:network", "--schedule", "linear",
+                         "--data", str(data), "--rtol", "1e-6", "--atol", "1e-6", "--json", "-q")
+    assert code == 0, err
+    doc = json.loads(out)
+    exact = mixture.log_prob(x, 1e-3, dd_linear()).numpy()
+    # The prior N(0, I) misses the marginal at T = 1 by its mean alpha_T mu (alpha_T = 0.0067): ~1.5e-3 nats.
+    np.testing.assert_allclose(doc["log_p"], exact, atol=3e-3)
+    log_p = np.array(doc["log_p"])
+    np.testing.assert_allclose(doc["bits_per_dim"], -log_p / (2 * np.log(2)) - 1 + 8, rtol=1e-12)
+    assert doc["dims"] == 2 and doc["exact_log_p"] is None and doc["stderr"] is None
+
+
+def dd_linear():
+    import diffode as dd
+
+    return dd.LinearVP()
+
+
+def test_likelihood_hutchinson_on_analytic_models(capsys, tmp_path, monkeypatch):
+    _gaussian_factories(tmp_path, monkeypatch)
+    code, out, err = run(capsys, "likelihood", "--model", "lik_models:predictor", "--divergence", "hutchinson",
+                         "--probes", "4", "--batch", "3", "--t-end", "0.05", "--json", "-q")
+    assert code == 0, err
+    doc = json.loads(out)
+    assert doc["schedule"].startswith("VE(") and doc["t_end"] == 0.05 and doc["probes"] == 4
+    error = np.abs(np.array(doc["log_p"]) - np.array(doc["exact_log_p"]))
+    assert (error < 4 * np.array(doc["stderr"]) + 1e-3).all()
+    code, out, err = run(capsys, "likelihood", "--schedule", "flow", "--batch", "1", "--divergence", "hutchinson",
+                         "--rtol", "1e-3", "--atol", "1e-3", "-q")
+    assert code == 0, err
+    assert "exact log p" in out and "mean bits/dim" in out and "FlowMatching" in out

@@ -27,7 +27,16 @@ from torch import Tensor
 from diffode._utils import check_choice
 from diffode.models.analytic import GaussianMixture
 from diffode.models.predictor import Predictor
-from diffode.schedules import CosineVP, DiscreteVP, LinearVP, NoiseSchedule
+from diffode.schedules import (
+    EDM,
+    VE,
+    CosineVP,
+    DiscreteVP,
+    FlowMatching,
+    LinearVP,
+    NoiseSchedule,
+    SubVP,
+)
 
 __all__ = ["BUILTIN_MODELS", "SCHEDULES", "BuiltinModel", "ddpm_betas", "get_schedule", "image_mixture",
            "load_model"]
@@ -44,6 +53,10 @@ SCHEDULES: dict[str, tuple[Callable[[], NoiseSchedule], str]] = {
                  "DiscreteVP: discrete DDPM betas linspace(1e-4, 0.02, 1000), t = (n + 1)/1000"),
     "linear": (LinearVP, "LinearVP: the score-SDE VP schedule, beta(t) = 0.1 + 19.9 t on (0, 1]"),
     "cosine": (CosineVP, "CosineVP: the improved-DDPM cosine schedule, truncated at T = 0.9946"),
+    "subvp": (SubVP, "SubVP: score_sde's sub-VP SDE, alpha as LinearVP, sigma = 1 - alpha^2"),
+    "ve": (VE, "VE: score_sde's VE SDE, sigma = 0.01 (50/0.01)^t, alpha = 1"),
+    "edm": (EDM, "EDM: Karras et al.'s path, alpha = 1, sigma = t in [0.002, 80]"),
+    "flow": (FlowMatching, "FlowMatching: rectified flow, alpha = 1 - t, sigma = t (shift 1), t in (0, 0.999]"),
 }
 
 

@@ -11,62 +11,19 @@ from torch import Tensor
 from diffode._utils import Number, check_choice, check_finite_number
 from diffode.models.guidance import ClassifierFreeGuidance, ClassifierGuidance
 from diffode.models.parameterizations import Parameterization, get_parameterization
-from diffode.models.predictor import Predictor
+from diffode.models.predictor import Predictor, resolve_point
+from diffode.models.time_inputs import (
+    ContinuousTime,
+    DiscreteTime,
+    NoiseLevel,
+    default_time_input,
+)
 from diffode.schedules.base import NoiseSchedule, TimePoint
 
-__all__ = ["ContinuousTime", "DiscreteTime", "ModelWrapper", "wrap"]
+__all__ = ["ModelWrapper", "wrap"]
 
 GUIDANCE_TYPES = ("uncond", "classifier", "classifier-free")
-
-
-def _time_dtype(x: Tensor) -> torch.dtype:
-    # Half-precision time inputs would round t_input ~ 999 to steps of 0.5: keep them in float32.
-    return torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
-
-
-class ContinuousTime:
-    """The network takes the continuous time, optionally scaled: ``t_input = scale * t``."""
-
-    def __init__(self, scale: float = 1.0):
-        self.scale = check_finite_number("scale", scale, positive=True)
-
-    def map(self, t: Tensor | Number) -> Tensor | float:
-        return t * self.scale
-
-    def __call__(self, t: Tensor | Number, x: Tensor) -> Tensor:
-        """The ``(B,)`` time input for a batch ``x`` at time ``t`` (a number or a ``(B,)`` tensor)."""
-        value = self.map(t)
-        if isinstance(value, Tensor):
-            return value.to(x.device, _time_dtype(x)).expand(x.shape[0])
-        return torch.full((x.shape[0],), float(value), dtype=_time_dtype(x), device=x.device)
-
-    def __repr__(self) -> str:
-        return f"ContinuousTime(scale={self.scale})"
-
-
-class DiscreteTime(ContinuousTime):
-    """The network takes its training step: ``t_input = (t - 1/N) * 1000``.
-
-    So ``t = 1/N`` maps to 0 and ``t = 1`` to 999 for ``N = 1000``, as in DPM-Solver.
-    """
-
-    def __init__(self, N: int):
-        if isinstance(N, bool) or not isinstance(N, int) or N < 1:
-            raise ValueError(f"N must be a positive integer, got {N!r}")
-        self.N = N
-        self.scale = 1000.0
-
-    def map(self, t: Tensor | Number) -> Tensor | float:
-        return (t - 1.0 / self.N) * 1000.0
-
-    def __repr__(self) -> str:
-        return f"DiscreteTime(N={self.N})"
-
-
-def default_time_input(schedule: NoiseSchedule) -> ContinuousTime:
-    """Discrete schedules feed the training step, continuous ones the time itself."""
-    n = getattr(schedule, "N", None)
-    return DiscreteTime(n) if n is not None else ContinuousTime()
+TIME_INPUTS = ("discrete", "continuous", "noise_level")
 
 
 class ModelWrapper(Predictor):
@@ -93,13 +50,21 @@ class ModelWrapper(Predictor):
         self.model_kwargs = dict(model_kwargs or {})
         self.condition = condition
 
-    def forward(self, x: Tensor, t: Tensor | Number) -> Tensor:
-        """The raw network output at ``x`` and continuous time ``t``."""
-        t_input = self.time_input(t, x)
+    def forward(self, x: Tensor, t: TimePoint | Tensor | Number) -> Tensor:
+        """The raw network output at ``x`` and time ``t`` (a number, a ``(B,)`` tensor or a TimePoint).
+
+        The network sees ``x`` times the parameterization's
+        :meth:`~diffode.models.parameterizations.Parameterization.input_scale` (1 for most) and the
+        time input of ``t``.
+        """
+        point = resolve_point(self.schedule, t, x)
+        scale = self.parameterization.input_scale(point.alpha, point.sigma)
+        x_in = x if not isinstance(scale, Tensor) and scale == 1.0 else (x * scale).to(x.dtype)
+        t_input = self.time_input(point.t, x)
         if self.condition is None:
-            out = self.network(x, t_input, **self.model_kwargs)
+            out = self.network(x_in, t_input, **self.model_kwargs)
         else:
-            out = self.network(x, t_input, self.condition, **self.model_kwargs)
+            out = self.network(x_in, t_input, self.condition, **self.model_kwargs)
         if not isinstance(out, Tensor):
             raise TypeError(f"the model returned {type(out).__name__}, but it must return a tensor of the shape of x, "
                             f"{tuple(x.shape)}")
@@ -111,12 +76,12 @@ class ModelWrapper(Predictor):
         return out
 
     def predict(self, x: Tensor, point: TimePoint, kind: str) -> Tensor:
-        return self.parameterization.convert(kind, self.forward(x, point.t), x, point.alpha, point.sigma)
+        return self.parameterization.convert(kind, self.forward(x, point), x, point.alpha, point.sigma)
 
     def predict_mixed(self, x: Tensor, point: TimePoint, kind: str, network_dtype: torch.dtype) -> Tensor:
         # Only the network runs in its dtype: the conversion to the noise or data prediction divides
         # by alpha or sigma, which would magnify a half-precision cancellation in x - sigma * eps.
-        out = self.forward(x.to(network_dtype), point.t).to(x.dtype)
+        out = self.forward(x.to(network_dtype), point).to(x.dtype)
         return self.parameterization.convert(kind, out, x, point.alpha, point.sigma)
 
     def __repr__(self) -> str:
@@ -132,7 +97,9 @@ def wrap(model: Callable, schedule: NoiseSchedule, parameterization: str | Param
     Args:
         model: The network, ``model(x, t_input[, condition], **model_kwargs)``.
         schedule: Its noise schedule.
-        parameterization: ``"noise"`` (eps), ``"data"`` (x_start), ``"v"`` or ``"score"``.
+        parameterization: ``"noise"`` (eps), ``"data"`` (x_start), ``"v"``, ``"score"``, ``"flow"``
+            (the flow velocity eps - x0), ``"denoiser"`` (a k-diffusion denoiser), ``"edm"`` (EDM's
+            preconditioned $F_\\theta$), or a :class:`~diffode.models.parameterizations.Parameterization`.
         guidance: ``"uncond"``, ``"classifier"`` or ``"classifier-free"``.
         condition: The condition (a tensor, or a dict / list of tensors).
         unconditional_condition: The empty condition for classifier-free guidance.
@@ -141,8 +108,12 @@ def wrap(model: Callable, schedule: NoiseSchedule, parameterization: str | Param
             $\\log p(c\\mid x_t)$, for classifier guidance.
         classifier_kwargs: Extra keyword arguments for the classifier.
         model_kwargs: Extra keyword arguments for the network, passed through unchanged.
-        time_input: ``"discrete"`` (``(t - 1/N) * 1000``), ``"continuous"`` (``t``), a
-            :class:`ContinuousTime` instance, or ``None`` to pick by the schedule.
+        time_input: ``"discrete"`` (``(t - 1/N) * 1000``), ``"continuous"`` (``t``),
+            ``"noise_level"`` (``1000 * sigma_t``, SD3-style flow networks), a :class:`ContinuousTime`
+            instance (e.g. :class:`~diffode.models.time_inputs.NoiseLevel` with another scale), or
+            ``None`` to pick by the parameterization and the schedule
+            (:func:`~diffode.models.time_inputs.default_time_input`: the training step for discrete
+            schedules, ``1000 * sigma_t`` for ``FlowMatching``, ``t`` for other continuous ones).
 
     Returns:
         The :class:`Predictor` to hand to an integrator.
@@ -173,10 +144,12 @@ def wrap(model: Callable, schedule: NoiseSchedule, parameterization: str | Param
     if classifier_fn is not None and guidance != "classifier":
         raise ValueError(f"classifier_fn is used by guidance='classifier' only, got guidance={guidance!r}")
     if time_input is None:
-        time_input = default_time_input(schedule)
+        time_input = default_time_input(schedule, param)
     elif isinstance(time_input, str):
-        check_choice("time_input", time_input, ("discrete", "continuous"))
-        if time_input == "discrete":
+        check_choice("time_input", time_input, TIME_INPUTS)
+        if time_input == "noise_level":
+            time_input = NoiseLevel(schedule, scale=1000.0)
+        elif time_input == "discrete":
             n = getattr(schedule, "N", None)
             if n is None:
                 raise ValueError(f"time_input='discrete' needs a discrete schedule, got {schedule!r}")
@@ -184,7 +157,7 @@ def wrap(model: Callable, schedule: NoiseSchedule, parameterization: str | Param
         else:
             time_input = ContinuousTime()
     elif not isinstance(time_input, ContinuousTime):
-        raise TypeError("time_input must be 'discrete', 'continuous', a ContinuousTime or None")
+        raise TypeError("time_input must be 'discrete', 'continuous', 'noise_level', a ContinuousTime or None")
     if guidance == "classifier-free":
         network = ClassifierFreeGuidance(model, condition, unconditional_condition, scale)
         return ModelWrapper(network, schedule, param, time_input, model_kwargs)

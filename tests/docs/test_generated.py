@@ -79,3 +79,38 @@ def test_rerun_reproduces_committed_errors(gen, data, label, schedule):
     # errors by that much, far below the three digits the tables show.
     for got, want in zip(errors, committed["error"]):
         assert got == pytest.approx(want, rel=1e-6, abs=1e-9), (label, errors, committed["error"])
+
+
+# -- the fitted orders on the VE, sub-VP, EDM and flow paths (docs/gen_paths.py) -------------------
+
+
+@pytest.fixture(scope="module")
+def gen_paths():
+    spec = importlib.util.spec_from_file_location("gen_paths", ROOT / "docs" / "gen_paths.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_paths_table_is_rendered_from_the_committed_documents(gen_paths):
+    documents = json.loads((GENERATED / "convergence_paths.json").read_text())
+    assert list(documents) == ["ve", "subvp", "edm", "flow"]
+    for name, doc in documents.items():
+        assert doc["exit_status"] == 0 and doc["passed"], name
+        assert doc["schedule"].lower().startswith({"subvp": "subvp", "flow": "flowmatching"}.get(name, name))
+        for result in doc["results"]:
+            assert abs(result["slope"] - result["order"]) < 0.25, (name, result["label"])
+    assert (GENERATED / "convergence_paths.md").read_text() == gen_paths.table(documents)
+
+
+def test_paths_rerun_reproduces_a_committed_error(gen_paths, capsys):
+    """The committed numbers come from today's command line: one integrator, two step counts, EDM."""
+    from diffode.cli import main
+
+    documents = json.loads((GENERATED / "convergence_paths.json").read_text())
+    committed = {r["label"]: r for r in documents["edm"]["results"]}["ddim"]
+    code = main(["converge", "--schedule", "edm", "--integrators", "ddim", "--steps", "128", "256",
+                 "--json", "--no-plot", "-q"])
+    doc = json.loads(capsys.readouterr().out)
+    assert code == 0
+    assert doc["results"][0]["errors"] == pytest.approx(committed["errors"][:2], rel=1e-8)

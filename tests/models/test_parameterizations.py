@@ -2,10 +2,10 @@ import pytest
 import torch
 
 import diffode as dd
-from diffode.models import get_parameterization
-from tests.helpers import mixture2
+from diffode.models import EDMPreconditioned, get_parameterization
+from tests.helpers import every_schedule, mixture2
 
-NAMES = ["noise", "data", "v", "score"]
+NAMES = ["noise", "data", "v", "score", "flow", "denoiser", "edm"]
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -34,7 +34,7 @@ def test_chain_eps_x0_v_eps():
     assert torch.allclose(velocity.to_noise(v, x, p.alpha, p.sigma), eps, atol=1e-12)
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", ["noise", "data", "v", "score", "flow"])   # networks that see x_t unscaled
 def test_wrapped_parameterizations_agree(name):
     s = dd.LinearVP()
     gm = mixture2()
@@ -61,8 +61,11 @@ def test_aliases_and_unknown():
     assert get_parameterization("x_start").name == "data"
     assert get_parameterization("eps").name == "noise"
     assert get_parameterization("v_prediction").name == "v"
-    with pytest.raises(ValueError, match="unknown parameterization 'flow'.*'noise'"):
-        get_parameterization("flow")
+    assert get_parameterization("flow_velocity").name == "flow"
+    assert get_parameterization("k_diffusion").name == "denoiser"
+    assert get_parameterization("edm").sigma_data == 0.5
+    with pytest.raises(ValueError, match="unknown parameterization 'rectified'.*'flow'"):
+        get_parameterization("rectified")
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -78,7 +81,8 @@ def test_affine_is_the_one_conversion_table(name, kind):
     a, b = param.affine(kind, p.alpha, p.sigma)
     expected = eps if kind == "noise" else (x - p.sigma * eps) / p.alpha
     torch.testing.assert_close(a * x + b * out, expected, rtol=1e-12, atol=1e-12)
-    involves_x = {("noise", "data"), ("data", "noise"), ("v", "noise"), ("v", "data"), ("score", "data")}
+    involves_x = {("noise", "data"), ("data", "noise"), ("v", "noise"), ("v", "data"), ("score", "data"),
+                  ("flow", "noise"), ("flow", "data"), ("denoiser", "noise"), ("edm", "noise"), ("edm", "data")}
     assert (a != 0.0) == ((name, kind) in involves_x)
     converted = param.convert(kind, out, x, p.alpha, p.sigma)
     torch.testing.assert_close(converted, expected, rtol=1e-12, atol=1e-12)
@@ -95,3 +99,46 @@ def test_conversions_never_write_their_inputs():
             x_copy, out_copy = x.clone(), out.clone()
             get_parameterization(name).convert(kind, out, x, p.alpha, p.sigma)
             assert torch.equal(x, x_copy) and torch.equal(out, out_copy)
+
+
+@pytest.mark.parametrize("schedule_name", sorted(every_schedule()))
+@pytest.mark.parametrize("param", [get_parameterization(n) for n in NAMES] + [EDMPreconditioned(sigma_data=1.7)],
+                         ids=NAMES + ["edm1.7"])
+def test_round_trip_on_every_path(schedule_name, param):
+    """Every conversion is exact off VP too: x = alpha x0 + sigma eps, and from_noise inverts to_noise."""
+    s = every_schedule()[schedule_name]
+    x = torch.randn(6, 4, dtype=torch.float64)
+    eps = torch.randn(6, 4, dtype=torch.float64)
+    for t in torch.linspace(s.t_min + 0.01 * (s.T - s.t_min), s.T, 4).tolist():
+        p = s.point(t)
+        out = param.from_noise(eps, x, p.alpha, p.sigma)
+        torch.testing.assert_close(param.to_noise(out, x, p.alpha, p.sigma), eps, rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(p.alpha * param.to_data(out, x, p.alpha, p.sigma) + p.sigma * eps, x,
+                                   rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("schedule_name", ["linear", "ve", "edm", "flow_shift3"])
+def test_v_and_flow_outputs_are_their_definitions(schedule_name):
+    """v = alpha eps - sigma x0 (diffusers) and u = eps - x0 (rectified flow) on any path."""
+    s = every_schedule()[schedule_name]
+    p = s.point(0.4 * s.T)
+    x0, eps = torch.randn(5, 3, dtype=torch.float64), torch.randn(5, 3, dtype=torch.float64)
+    x = p.alpha * x0 + p.sigma * eps
+    v = get_parameterization("v").from_noise(eps, x, p.alpha, p.sigma)
+    u = get_parameterization("flow").from_noise(eps, x, p.alpha, p.sigma)
+    torch.testing.assert_close(v, p.alpha * eps - p.sigma * x0, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(u, eps - x0, rtol=1e-10, atol=1e-10)
+
+
+def test_edm_preconditioning_is_table_1_of_karras():
+    """On the EDM path (alpha = 1): x0 = c_skip x + c_out F, and the network sees c_in x."""
+    param = EDMPreconditioned(sigma_data=0.5)
+    for sigma in (0.002, 0.3, 80.0):
+        c_skip = 0.25 / (sigma**2 + 0.25)
+        c_out = sigma * 0.5 / (sigma**2 + 0.25) ** 0.5
+        c_in = 1.0 / (sigma**2 + 0.25) ** 0.5
+        a, b = param.affine("data", 1.0, sigma)
+        assert a == pytest.approx(c_skip, rel=1e-14) and b == pytest.approx(c_out, rel=1e-14)
+        assert param.input_scale(1.0, sigma) == pytest.approx(c_in, rel=1e-14)
+        a, b = param.affine("noise", 1.0, sigma)   # eps = (x - x0) / sigma
+        assert a == pytest.approx((1 - c_skip) / sigma, rel=1e-12) and b == pytest.approx(-c_out / sigma, rel=1e-12)

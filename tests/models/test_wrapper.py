@@ -107,7 +107,7 @@ def test_classifier_guidance_adds_scaled_gradient():
 
 
 @pytest.mark.parametrize("kwargs,match", [
-    (dict(parameterization="flow"), "unknown parameterization"),
+    (dict(parameterization="rectified_flow"), "unknown parameterization"),
     (dict(guidance="cfg"), "unknown guidance"),
     (dict(guidance="classifier-free", condition=torch.ones(1)), "unconditional_condition"),
     (dict(guidance="classifier", condition=torch.ones(1)), "classifier_fn"),
