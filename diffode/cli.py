@@ -818,8 +818,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--out", required=True, help="the grid file to write (.json)")
     p.add_argument("--model", default="mixture", help="mixture, digits, or package.module:factory")
     p.add_argument("--schedule", choices=sorted(SCHEDULES), default=None, help="noise schedule")
-    p.add_argument("--parameterization", choices=sorted(PARAMETERIZATIONS), default="noise",
-                   help="what a user network predicts")
+    p.add_argument("--parameterization", choices=sorted(PARAMETERIZATIONS), default=None,
+                   help="what a user network predicts (default noise); built-in models bring their own")
     p.add_argument("--shape", nargs="+", type=int, help="shape of one sample (user models)")
     p.add_argument("--integrator", default="dpmpp_2m", help="a fixed-grid integrator (see diffode list)")
     p.add_argument("--option", action="append", metavar="KEY=VALUE", help="integrator option, repeatable")
@@ -843,8 +843,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="mixture", help="mixture, digits, or package.module:factory")
     p.add_argument("--data", default=None, help=".pt or .npz file of samples (B, ...), e.g. from diffode sample")
     p.add_argument("--schedule", choices=sorted(SCHEDULES), default=None, help="noise schedule")
-    p.add_argument("--parameterization", choices=sorted(PARAMETERIZATIONS), default="noise",
-                   help="what a user network predicts")
+    p.add_argument("--parameterization", choices=sorted(PARAMETERIZATIONS), default=None,
+                   help="what a user network predicts (default noise); built-in models bring their own")
     p.add_argument("--shape", nargs="+", type=int, help="shape of one sample (user models)")
     p.add_argument("--divergence", choices=("exact", "hutchinson"), default="exact",
                    help="exact trace (one backward pass per dimension) or Hutchinson's estimator")

@@ -112,5 +112,6 @@ def test_paths_rerun_reproduces_a_committed_error(gen_paths, capsys):
     code = main(["converge", "--schedule", "edm", "--integrators", "ddim", "--steps", "128", "256",
                  "--json", "--no-plot", "-q"])
     doc = json.loads(capsys.readouterr().out)
-    assert code == 0
-    assert doc["results"][0]["errors"] == pytest.approx(committed["errors"][:2], rel=1e-8)
+    assert code == 3  # two step counts cannot show an order: the gate says inconclusive
+    # (to the ground truth's own accuracy, see test_rerun_reproduces_committed_errors)
+    assert doc["results"][0]["errors"] == pytest.approx(committed["errors"][:2], rel=1e-6, abs=1e-9)
