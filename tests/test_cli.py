@@ -426,3 +426,25 @@ def test_likelihood_hutchinson_on_analytic_models(capsys, tmp_path, monkeypatch)
                          "--rtol", "1e-3", "--atol", "1e-3", "-q")
     assert code == 0, err
     assert "exact log p" in out and "mean bits/dim" in out and "FlowMatching" in out
+
+
+# -- many samples (issue 15) -----------------------------------------------------------------------
+
+
+def test_sample_many_writes_resumable_shards(capsys, tmp_path):
+    from diffode.generate import load_samples, verify
+
+    folder = tmp_path / "many"
+    argv = ["sample", "--out-dir", str(folder), "--num-samples", "5", "--shard-size", "2", "--batch", "2",
+            "--nfe", "4", "--json", "-q"]
+    code, out, err = run(capsys, *argv)
+    assert code == 0, err
+    doc = json.loads(out)
+    assert doc["shards_done"] == [0, 1, 2] and doc["samples"] == 5
+    assert load_samples(str(folder)).shape == (5, 3, 8, 8) and verify(str(folder)) == []
+    code, out, _ = run(capsys, *argv)
+    assert code == 0 and json.loads(out)["shards_skipped"] == [0, 1, 2]
+    code, _, err = run(capsys, *argv[:-2], "--integrator", "dpmpp_3m", "--json")
+    assert code == 2 and "another configuration" in err
+    code, _, err = run(capsys, "sample", "--num-samples", "5", "-o", str(tmp_path / "x.pt"))
+    assert code == 2 and "--num-samples writes shards to --out-dir" in err

@@ -251,7 +251,11 @@ def test_documented_diffode_commands_do_what_the_docs_say(argv, status, isolated
     if command == "demo":
         assert "RMSE against the RK45 ground truth" in out
         assert "--no-plot" in args or (tmp_path / "diffode_demo.png").is_file()
-    if command == "sample":
+    if command == "sample" and "--out-dir" in args:
+        from diffode.generate import verify
+
+        assert verify(str(tmp_path / args[args.index("--out-dir") + 1])) == []  # every shard written
+    elif command == "sample":
         target = args[args.index("-o") + 1] if "-o" in args else args[args.index("--out") + 1]
         assert (tmp_path / target).is_file()
     if command == "list":
