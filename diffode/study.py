@@ -51,7 +51,7 @@ from diffode.solve import Solution, solve, solve_adaptive
 
 __all__ = [
     "ConvergenceResult", "ErrorRecord", "OrderFit", "adaptive_table", "atomic_write", "check_output_path",
-    "configure_integrator", "continue_in_lambda", "convergence_study", "convergence_table", "error_table",
+    "configure_integrator", "continue_in_lambda", "convergence_study", "diverged", "convergence_table", "error_table",
     "error_vs_nfe", "fit_order", "fitted_slope", "ground_truth", "local_slopes", "markdown_table", "plot_series",
     "reference_error", "registered_names", "rmse", "sample_nfe", "series_figure", "zero_noise_limit",
 ]
@@ -484,9 +484,16 @@ def _fmt(value: float) -> str:
     return f"{value:.2e}" if math.isfinite(value) else "nan"
 
 
-def error_table(records: Sequence[ErrorRecord]) -> tuple[list[str], list[list[str]]]:
+def diverged(record: ErrorRecord, scale: float) -> bool:
+    """Whether a run's error exceeds ``scale``, the size of the samples themselves (RMS of the ground
+    truth): its result says nothing about the samples any more."""
+    return not math.isfinite(record.error) or record.error > scale
+
+
+def error_table(records: Sequence[ErrorRecord], scale: float | None = None) -> tuple[list[str], list[list[str]]]:
     """Rows of fixed-step integrators, columns of NFE budgets (a cell whose run spent another NFE
-    than its budget shows the NFE in parentheses). Adaptive runs go to :func:`adaptive_table`."""
+    than its budget shows the NFE in parentheses; with ``scale``, a run that :func:`diverged` is
+    marked so). Adaptive runs go to :func:`adaptive_table`."""
     fixed = [r for r in records if not r.setting]
     budgets = sorted({r.budget for r in fixed})
     header = ["integrator", *[f"NFE {n}" for n in budgets]]
@@ -496,7 +503,8 @@ def error_table(records: Sequence[ErrorRecord]) -> tuple[list[str], list[list[st
         row = [label]
         for n in budgets:
             r = by_budget.get(n)
-            row.append("" if r is None else _fmt(r.error) + ("" if r.nfe == n else f" ({r.nfe})"))
+            mark = " diverged" if r is not None and scale is not None and diverged(r, scale) else ""
+            row.append("" if r is None else _fmt(r.error) + ("" if r.nfe == n else f" ({r.nfe})") + mark)
         rows.append(row)
     return header, rows
 

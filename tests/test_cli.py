@@ -448,3 +448,15 @@ def test_sample_many_writes_resumable_shards(capsys, tmp_path):
     assert code == 2 and "another configuration" in err
     code, _, err = run(capsys, "sample", "--num-samples", "5", "-o", str(tmp_path / "x.pt"))
     assert code == 2 and "--num-samples writes shards to --out-dir" in err
+
+
+@pytest.mark.slow
+def test_digits_demo_says_which_runs_diverged(capsys, tmp_path):
+    # DPM-Solver-3 in noise form at 5 NFE: two steps of h ~ 5 in lambda, error 16.8 (the reference
+    # implementation gives the same); the table and the image say so.
+    code, out, _ = run(capsys, "demo", "--model", "digits", "--integrators", "dpm_3s", "dpmpp_3s", "--nfe", "5",
+                       "--batch", "8", "--plot", str(tmp_path / "digits.png"))
+    assert code == 0
+    assert "diverged" in out.split("dpm_3s ")[1].splitlines()[0]
+    assert "diverged" not in out.split("dpmpp_3s ")[1].splitlines()[0]
+    assert "diverged (error above the samples' RMS" in out and "dpm_3s at NFE 5" in out

@@ -268,3 +268,14 @@ def test_the_plot_keeps_its_title_inside_and_its_legend_off_the_data():
         assert not any(legend_box.contains(px, py) for px, py in points)
     finally:
         plt.close(fig)
+
+
+def test_error_table_marks_diverged_runs():
+    from diffode.study import ErrorRecord, diverged, error_table
+
+    records = [ErrorRecord("dpm_3s", 5, 16.8, 0.1, 5), ErrorRecord("dpmpp_3s", 5, 0.19, 0.1, 5)]
+    assert diverged(records[0], 0.75) and not diverged(records[1], 0.75)
+    _, rows = error_table(records, 0.75)
+    assert rows[0][1] == "1.68e+01 diverged" and rows[1][1] == "1.90e-01"
+    _, rows = error_table(records)
+    assert rows[0][1] == "1.68e+01"
