@@ -18,11 +18,12 @@ from diffode.integrators.multistep import DPMSolverMultistep
 from diffode.integrators.reference import ReferenceSolution, solve_reference
 from diffode.integrators.registry import INTEGRATORS, get_integrator, register
 from diffode.integrators.singlestep import DPMSolverSinglestep, Stage, singlestep_orders
+from diffode.integrators.unipc import UniPC
 
 __all__ = [
     "DPMSolverAdaptive", "DPMSolverMultistep", "DPMSolverSinglestep", "ExponentialIntegrator",
     "GivenTimes", "History", "INTEGRATORS", "Integrator", "Karras", "Plan", "ReferenceSolution", "Stage", "State",
-    "StepResult", "TimeGrid", "TimeQuadratic", "UniformLambda", "UniformTime", "Update", "exponential_update",
+    "StepResult", "TimeGrid", "TimeQuadratic", "UniPC", "UniformLambda", "UniformTime", "Update", "exponential_update",
     "get_grid", "get_integrator", "linear_combination", "apply_lower_order_final", "register", "singlestep_orders",
     "solve_reference",
 ]

@@ -10,6 +10,7 @@ from diffode.integrators.adaptive import DPMSolverAdaptive
 from diffode.integrators.base import Integrator
 from diffode.integrators.multistep import DPMSolverMultistep
 from diffode.integrators.singlestep import DPMSolverSinglestep
+from diffode.integrators.unipc import UniPC
 
 __all__ = ["INTEGRATORS", "get_integrator", "register"]
 
@@ -97,3 +98,9 @@ for _p, _tag, _paper in (("data", "dpmpp", "DPM-Solver++"), ("noise", "dpm", "DP
              lambda k=_k, p=_p: DPMSolverAdaptive(k, p))
     _add(f"{_tag}_3m_sw", f"{_paper} multistep order 3 with a singlestep warm-up (global order 3, +1 NFE)",
          lambda p=_p: DPMSolverMultistep(3, p, warmup="singlestep"))
+for _v in ("bh1", "bh2"):
+    for _k in (2, 3):
+        _add(f"unipc_{_v}_{_k}", f"UniPC-{_k} ({_v}, data form): UniP-{_k} predictor, UniC corrector, order {_k + 1}, 1 NFE/step",
+             lambda k=_k, v=_v: UniPC(k, "data", v))
+_add("unip_3", "UniP-3 alone (bh2, data form, no corrector): order 3, 1 NFE/step",
+     lambda: UniPC(3, "data", "bh2", corrector=False))
