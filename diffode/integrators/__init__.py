@@ -13,7 +13,9 @@ from diffode.integrators.base import (
     apply_lower_order_final,
     linear_combination,
 )
+from diffode.integrators.deis import DEIS
 from diffode.integrators.grids import GivenTimes, Karras, TimeGrid, TimeQuadratic, UniformLambda, UniformTime, get_grid
+from diffode.integrators.ipndm import IPNDM
 from diffode.integrators.multistep import DPMSolverMultistep
 from diffode.integrators.reference import ReferenceSolution, solve_reference
 from diffode.integrators.registry import INTEGRATORS, get_integrator, register
@@ -21,8 +23,8 @@ from diffode.integrators.singlestep import DPMSolverSinglestep, Stage, singleste
 from diffode.integrators.unipc import UniPC
 
 __all__ = [
-    "DPMSolverAdaptive", "DPMSolverMultistep", "DPMSolverSinglestep", "ExponentialIntegrator",
-    "GivenTimes", "History", "INTEGRATORS", "Integrator", "Karras", "Plan", "ReferenceSolution", "Stage", "State",
+    "DEIS", "DPMSolverAdaptive", "DPMSolverMultistep", "DPMSolverSinglestep", "ExponentialIntegrator",
+    "GivenTimes", "History", "INTEGRATORS", "IPNDM", "Integrator", "Karras", "Plan", "ReferenceSolution", "Stage", "State",
     "StepResult", "TimeGrid", "TimeQuadratic", "UniPC", "UniformLambda", "UniformTime", "Update", "exponential_update",
     "get_grid", "get_integrator", "linear_combination", "apply_lower_order_final", "register", "singlestep_orders",
     "solve_reference",

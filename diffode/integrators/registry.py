@@ -8,6 +8,8 @@ from dataclasses import dataclass
 
 from diffode.integrators.adaptive import DPMSolverAdaptive
 from diffode.integrators.base import Integrator
+from diffode.integrators.deis import DEIS
+from diffode.integrators.ipndm import IPNDM
 from diffode.integrators.multistep import DPMSolverMultistep
 from diffode.integrators.singlestep import DPMSolverSinglestep
 from diffode.integrators.unipc import UniPC
@@ -104,3 +106,13 @@ for _v in ("bh1", "bh2"):
              lambda k=_k, v=_v: UniPC(k, "data", v))
 _add("unip_3", "UniP-3 alone (bh2, data form, no corrector): order 3, 1 NFE/step",
      lambda: UniPC(3, "data", "bh2", corrector=False))
+for _p, _tag, _paper in (("data", "dpmpp", "DPM-Solver++"), ("noise", "dpm", "DPM-Solver")):
+    _add(f"{_tag}_4m", f"{_paper} multistep order 4 (exponential Adams-Bashforth 4), lower-order warm-up, 1 NFE/step",
+         lambda p=_p: DPMSolverMultistep(4, p))
+_add("ipndm", "iPNDM: Adams-Bashforth 4 on eps in sigma/alpha, equal-step weights, lower-order warm start, 1 NFE/step",
+     lambda: IPNDM(4))
+_add("ipndm_v", "iPNDM with variable-step weights (DEIS rhoAB-3): order 4 on any grid, 1 NFE/step",
+     lambda: IPNDM(4, variable_step=True))
+for _r in (1, 2, 3):
+    _add(f"deis_tab{_r}", f"DEIS tAB-{_r}: eps extrapolated in t (degree {_r}), exponential weights, order {_r + 1}, "
+         "1 NFE/step", lambda r=_r: DEIS(r + 1))

@@ -63,12 +63,11 @@ class UniPC(Integrator):
     * Model evaluations per step: 1.
     * Error estimate: none.
 
-    **Step orders.** With the corrector, a step of order $k \ge 2$ is UniP-$(k-1)$ corrected by
-    UniC-$(k-1)$, and order 1 is an uncorrected first-order step (DDIM); without the corrector,
-    order $k$ is UniP-$k$. The first steps warm up (predictor orders $1, 2, \dots$ while the
-    outputs accumulate) and ``lower_order_final`` lowers the predictor orders of the last steps,
-    as diffusers' ``UniPCMultistepScheduler`` does; the corrector takes the order of the step it
-    corrects.
+    **Step orders** are UniP orders, as diffusers' ``this_order``: a step of order $q \le p$ is
+    UniP-$q$, corrected by UniC-$q$ at the start of the next step. The first steps warm up
+    ($q = 1, 2, \dots$ while the outputs accumulate) and ``lower_order_final`` lowers the last
+    ones, as diffusers' ``UniPCMultistepScheduler`` does. ``order`` (the nominal global order,
+    $p+1$ with the corrector) is one more than the highest step order.
 
     Args:
         predictor_order: $p$, the order of UniP (1 to 4), diffusers' ``solver_order``.
@@ -110,16 +109,9 @@ class UniPC(Integrator):
                 f"corrector={self.corrector}{extra})")
 
     def step_orders(self, n_steps: int, lower_order_final: bool | int = False) -> list[int]:
-        """Predictor orders $1, 2, \\dots, p$ (warm-up), the final ones lowered by
-        :func:`~diffode.integrators.base.apply_lower_order_final`; one more with the corrector."""
-        q = apply_lower_order_final([min(self.predictor_order, i + 1) for i in range(n_steps)], lower_order_final)
-        return [k + 1 for k in q] if self.corrector else q
-
-    def _split(self, order: int) -> tuple[int, bool]:
-        """A step order as (predictor order, corrected)."""
-        if self.corrector and order >= 2:
-            return order - 1, True
-        return order, False
+        r"""UniP orders $1, 2, \dots, p$ (the warm-up), the last ones lowered by
+        :func:`~diffode.integrators.base.apply_lower_order_final`."""
+        return apply_lower_order_final([min(self.predictor_order, i + 1) for i in range(n_steps)], lower_order_final)
 
     def _update(self, x: Tensor, s: TimePoint, t: TimePoint, values: Sequence[Tensor], lams: Sequence[float]) -> Tensor:
         h = t.lam - s.lam
@@ -130,16 +122,17 @@ class UniPC(Integrator):
                                   unipc_factors(len(values), z, self.variant))
 
     def _step(self, model: Predictor, x: Tensor, s: TimePoint, t: TimePoint, state: State, order: int) -> Update:
+        if order > self.predictor_order:
+            raise ValueError(f"the step orders of {self!r} are UniP orders, 1 to {self.predictor_order}; got {order}")
         m_s = self.evaluate(model, x, s)
         history = state.history
         if state.carry is not None:
-            x_p, p, corrected_order = state.carry
+            x_p, p, q = state.carry  # the previous step: its start and its order
             if state.step_index - 1 not in self.disable_corrector:
                 # UniC: the previous step again, through its own outputs and m_s (at r = 1).
-                used = history[-corrected_order:][::-1]
+                used = history[-q:][::-1]
                 x = self._update(x_p, p, s, [u.value for u in used] + [m_s], [u.lam for u in used] + [s.lam])
-        q, corrected = self._split(order)
         current = History(s.lam, m_s)
-        used = (current, *history[::-1])[:q]
+        used = (current, *history[::-1])[:order]
         x_t = self._update(x, s, t, [u.value for u in used], [u.lam for u in used])
-        return Update(x_t, history=(*history, current)[-self.predictor_order:], carry=(x, s, q) if corrected else None)
+        return Update(x_t, history=(*history, current)[-self.predictor_order:], carry=(x, s, order) if self.corrector else None)

@@ -78,11 +78,14 @@ def test_convergence_order_every_variant(sname, predict, variant):
         assert abs(result.slope - result.order) < 0.25, result
 
 
-def test_step_orders_name_the_corrected_order():
-    assert UniPC(3).step_orders(6) == [2, 3, 4, 4, 4, 4]
-    assert UniPC(3).step_orders(5, lower_order_final=True) == [2, 3, 4, 3, 2]
-    assert UniPC(3, corrector=False).step_orders(5, lower_order_final=True) == [1, 2, 3, 2, 1]
+def test_step_orders_are_predictor_orders():
+    assert UniPC(3).step_orders(6) == [1, 2, 3, 3, 3, 3]
+    assert UniPC(3).step_orders(5, lower_order_final=True) == [1, 2, 3, 2, 1]
+    assert UniPC(3).order == 4 and UniPC(3, corrector=False).order == 3
     assert UniPC(2).plan(dd.LinearVP(), 10).nfe == 10
+    model = mixture2().predictor(dd.LinearVP())
+    with pytest.raises(ValueError, match="are UniP orders, 1 to 3; got 4"):
+        dd.solve(model, torch.zeros(2, 4, dtype=torch.float64), UniPC(3), [1.0, 0.5], orders=[4])
 
 
 def test_disabling_every_correction_is_unip():
