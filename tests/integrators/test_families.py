@@ -194,7 +194,10 @@ def test_ipndm_orders():
 @pytest.mark.slow
 @pytest.mark.parametrize("sname", ["linear", "discrete"])
 def test_every_order_of_the_new_families(sname):
-    integrators = {**{f"deis{k}": DEIS(k) for k in (1, 2, 3, 4)},
+    # DEIS extrapolates in t, and DiscreteVP is only piecewise smooth in t (knots every 1/1000): with
+    # steps near the knot spacing its order falls, so it is fitted on the smooth schedule only.
+    deis = {f"deis{k}": DEIS(k) for k in (1, 2, 3, 4)} if sname == "linear" else {}
+    integrators = {**deis,
                    **{f"ipndm_v{k}": IPNDM(k, variable_step=True) for k in (1, 2, 3, 4)},
                    "dpmpp_4m": DPMSolverMultistep(4, "data"), "dpm_4m": DPMSolverMultistep(4, "noise")}
     for result in _slopes(integrators, [96, 192, 384, 768], sname):
