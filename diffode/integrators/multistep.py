@@ -48,7 +48,7 @@ class DPMSolverMultistep(ExponentialIntegrator):
             step caps the global order at 2 where the model output varies at the start.
             ``"singlestep"``: the first step of an order-3 method is a singlestep order-2 step (one
             extra evaluation), which keeps global order 3. Order 4 has no order-keeping warm-up
-            (it would need fourth-order singlestep stages): ``"lower_order"`` only, whose orders
+            (it would need third-order steps until three outputs are stored): ``"lower_order"`` only, whose orders
             1, 2, 3 on the first steps keep the global order 4 only where the model output varies
             slowly at the start (sampling from $T$; see the convergence table).
 
@@ -65,8 +65,8 @@ class DPMSolverMultistep(ExponentialIntegrator):
         super().__init__(order, predict, solver_type)
         self.warmup = check_choice("warmup", warmup, WARMUPS)
         if self.warmup == "singlestep" and order > SINGLESTEP_MAX:
-            raise ValueError(f"warmup='singlestep' keeps the order up to {SINGLESTEP_MAX} only (the singlestep stages "
-                             f"go to order {SINGLESTEP_MAX}); use warmup='lower_order' with order {order}")
+            raise ValueError(f"warmup='singlestep' keeps the order up to {SINGLESTEP_MAX} only (order {order} would need "
+                             "singlestep steps until enough outputs are stored); use warmup='lower_order'")
 
     def __repr__(self) -> str:
         return (f"DPMSolverMultistep(order={self.order}, predict={self.predict!r}, "
@@ -79,8 +79,8 @@ class DPMSolverMultistep(ExponentialIntegrator):
         return apply_lower_order_final([min(self.order, i + lead) for i in range(n_steps)], lower_order_final)
 
     def evaluations(self, orders: Sequence[int]) -> int:
-        r"""One evaluation per step; a first step of order $k \ge 2$ (no history yet) runs $k$ stages."""
-        return len(orders) + (orders[0] - 1 if orders else 0)
+        r"""One evaluation per step; a first step of order $k \ge 2$ (no history yet) runs $\min(k, 3)$ stages."""
+        return len(orders) + (min(orders[0], SINGLESTEP_MAX) - 1 if orders else 0)
 
     def update_factors(self, n_nodes: int, z: float):
         """Override point for variants that weight the Taylor terms differently (``None``: exact)."""
@@ -89,11 +89,9 @@ class DPMSolverMultistep(ExponentialIntegrator):
     def _step(self, model: Predictor, x: Tensor, s: TimePoint, t: TimePoint, state: State, order: int) -> Update:
         m_s = self.evaluate(model, x, s)
         if not state.history and order >= 2:
-            if order > SINGLESTEP_MAX:
-                raise ValueError(f"a first step of order {order} needs singlestep stages of that order, which go to "
-                                 f"{SINGLESTEP_MAX} only; start with a lower order (as step_orders does)")
-            # First step at order >= 2: no earlier outputs, so take a singlestep step of that order.
-            x_t, _, _ = run_stages(self, model, x, s, t, STAGES[(order, self.solver_type)], m_s)
+            # First step at order >= 2: no earlier outputs, so take a singlestep step of that order
+            # (of order 3 for order 4: the stages go to 3; its local error O(h^4) still suits order 4).
+            x_t, _, _ = run_stages(self, model, x, s, t, STAGES[(min(order, SINGLESTEP_MAX), self.solver_type)], m_s)
         else:
             used = (*state.history, History(s.lam, m_s))[-order:]
             h = t.lam - s.lam

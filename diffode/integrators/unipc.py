@@ -66,8 +66,9 @@ class UniPC(Integrator):
     **Step orders** are UniP orders, as diffusers' ``this_order``: a step of order $q \le p$ is
     UniP-$q$, corrected by UniC-$q$ at the start of the next step. The first steps warm up
     ($q = 1, 2, \dots$ while the outputs accumulate) and ``lower_order_final`` lowers the last
-    ones, as diffusers' ``UniPCMultistepScheduler`` does. ``order`` (the nominal global order,
-    $p+1$ with the corrector) is one more than the highest step order.
+    ones, as diffusers' ``UniPCMultistepScheduler`` does. ``order`` is the nominal global order:
+    with the corrector, $p + 1$, one more than the highest step order; a step asked at order
+    $p + 1$ (:meth:`~diffode.integrators.Integrator.step`'s default) is UniP-$p$.
 
     Args:
         predictor_order: $p$, the order of UniP (1 to 4), diffusers' ``solver_order``.
@@ -122,8 +123,7 @@ class UniPC(Integrator):
                                   unipc_factors(len(values), z, self.variant))
 
     def _step(self, model: Predictor, x: Tensor, s: TimePoint, t: TimePoint, state: State, order: int) -> Update:
-        if order > self.predictor_order:
-            raise ValueError(f"the step orders of {self!r} are UniP orders, 1 to {self.predictor_order}; got {order}")
+        order = min(order, self.predictor_order)  # p + 1, the nominal order (step's default), is UniP-p
         m_s = self.evaluate(model, x, s)
         history = state.history
         if state.carry is not None:

@@ -227,12 +227,15 @@ def test_warm_ups():
 
 
 def test_ab4_has_no_singlestep_warmup():
-    with pytest.raises(ValueError, match="singlestep stages go to order 3"):
+    with pytest.raises(ValueError, match="keeps the order up to 3 only"):
         DPMSolverMultistep(4, warmup="singlestep")
+    # A first step asked at order 4 (no stored outputs) is the third-order singlestep step.
     model = mixture2().predictor(dd.LinearVP())
-    x = torch.randn(2, 4, dtype=torch.float64)
-    with pytest.raises(ValueError, match="a first step of order 4"):
-        dd.solve(model, x, DPMSolverMultistep(4), [1.0, 0.5, 0.1], orders=[4, 4])
+    x = torch.randn(2, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    ab4 = dd.solve(model, x, DPMSolverMultistep(4), [1.0, 0.5, 0.1], orders=[4, 4])
+    assert ab4.nfe == 4 and DPMSolverMultistep(4).evaluations([4, 4]) == 4
+    s3 = dd.solve(model, x, DPMSolverMultistep(3), [1.0, 0.5, 0.1], orders=[3, 3])
+    torch.testing.assert_close(ab4.x, s3.x, rtol=0, atol=0)  # (the second step has two outputs either way)
 
 
 def test_bad_input():
@@ -269,3 +272,13 @@ def test_diffusers_deis_is_the_noise_form_multistep_dpm_solver(order, steps):
     assert (got - expected).abs().max() <= 1e-12 * expected.abs().max()
     tab = dd.solve(model, x, DEIS(order), times, orders=DEIS(order).step_orders(steps, 15)).x
     assert (tab - expected).abs().max() > 1e-6
+
+
+def test_registered_configurations_rebuild_with_options():
+    from diffode.study import configure_integrator
+
+    assert repr(configure_integrator("unipc_bh1_3", predict="noise")) == \
+        "UniPC(predictor_order=3, predict='noise', variant='bh1', corrector=True)"
+    assert configure_integrator("ipndm", variable_step=True).variable_step
+    assert configure_integrator("deis_tab3", order=2).order == 2
+    assert configure_integrator("dpmpp_4m", solver_type="taylor").order == 4
