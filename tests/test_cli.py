@@ -163,7 +163,7 @@ def test_sample_checks_for_non_finite_states_by_default(capsys, tmp_path, monkey
     (["sample", "-o", "x.pt", "--nfe", "0"], "--nfe must be >= 1"),
     (["demo", "--nfe", "0"], "--nfe must be integers >= 1"),
     (["converge", "--steps", "24"], "at least two step counts"),
-    (["converge", "--integrators", "ddim", "--orders", "4"], "order must be 1, 2 or 3"),
+    (["converge", "--integrators", "ddim", "--orders", "5"], "order must be 1, 2, 3 or 4"),
     (["likelihood", "--probes", "3"], "--probes 3 needs --divergence hutchinson"),
     (["likelihood", "--data", "x.txt"], "--data must be a .pt or .npz file"),
     (["likelihood", "--model", "torch.nn:Identity", "--shape", "2"], "pass --data FILE"),

@@ -43,7 +43,7 @@ def test_configure_integrator_applies_and_checks_options():
     assert study.configure_integrator("dpm_2s", order=3).predict == "noise"
     with pytest.raises(ValueError, match="unknown option nonsense .*its options are: .*solver_type"):
         study.configure_integrator("dpmpp_2m", nonsense=1)
-    with pytest.raises(ValueError, match="order must be 1, 2 or 3"):
+    with pytest.raises(ValueError, match="order must be 1, 2, 3 or 4"):
         study.configure_integrator("dpmpp_2m", order=5)
 
 

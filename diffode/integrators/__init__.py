@@ -13,18 +13,22 @@ from diffode.integrators.base import (
     apply_lower_order_final,
     linear_combination,
 )
+from diffode.integrators.deis import DEIS
 from diffode.integrators.grids import GivenTimes, Karras, TimeGrid, TimeQuadratic, UniformLambda, UniformTime, get_grid
 from diffode.integrators.heun import Heun
+from diffode.integrators.ipndm import IPNDM
 from diffode.integrators.multistep import DPMSolverMultistep
 from diffode.integrators.reference import ReferenceSolution, solve_reference
 from diffode.integrators.registry import INTEGRATORS, get_integrator, register
 from diffode.integrators.singlestep import DPMSolverSinglestep, Stage, singlestep_orders
 from diffode.integrators.torchdiffeq_bridge import Torchdiffeq
+from diffode.integrators.unipc import UniPC
 
 __all__ = [
-    "DPMSolverAdaptive", "DPMSolverMultistep", "DPMSolverSinglestep", "ExponentialIntegrator",
-    "GivenTimes", "Heun", "History", "INTEGRATORS", "Integrator", "Karras", "Plan", "ReferenceSolution", "Stage", "State",
-    "StepResult", "TimeGrid", "TimeQuadratic", "Torchdiffeq", "UniformLambda", "UniformTime", "Update", "exponential_update",
+    "DEIS", "DPMSolverAdaptive", "DPMSolverMultistep", "DPMSolverSinglestep", "ExponentialIntegrator",
+    "GivenTimes", "Heun", "History", "INTEGRATORS", "IPNDM", "Integrator", "Karras", "Plan", "ReferenceSolution", "Stage",
+    "State", "StepResult", "TimeGrid", "TimeQuadratic", "Torchdiffeq", "UniPC", "UniformLambda", "UniformTime", "Update",
+    "exponential_update",
     "get_grid", "get_integrator", "linear_combination", "apply_lower_order_final", "register", "singlestep_orders",
     "solve_reference",
 ]

@@ -15,6 +15,7 @@ from diffode.schedules.base import TimePoint
 __all__ = ["DPMSolverMultistep"]
 
 WARMUPS = ("lower_order", "singlestep")
+SINGLESTEP_MAX = 3  # the highest order of the singlestep stages (a first step without history)
 
 
 class DPMSolverMultistep(ExponentialIntegrator):
@@ -29,21 +30,27 @@ class DPMSolverMultistep(ExponentialIntegrator):
     the ``"dpmsolver"`` solver type uses $\tfrac12\varphi_1(-h)$ for $\varphi_2(-h)$. At $k=3$ the
     update adds $2\varphi_3(-h)$ times the second divided difference: exactly what the Taylor
     expansion requires, so order 3 is truly third order (the reference implementation weights that
-    term by $\varphi_3$, half as much, and converges at order 2).
+    term by $\varphi_3$, half as much, and converges at order 2). Order 4 (exponential
+    Adams--Bashforth 4) integrates the cubic through four outputs the same way, with the weights
+    $w = h\,V^{-\top}g$, $g_n = n!\,\varphi_{n+1}$ of
+    :func:`~diffode.integrators.coefficients.update_weights`.
 
-    * Order: ``order`` (1, 2 or 3); 1 is DDIM.
+    * Order: ``order`` (1 to 4); 1 is DDIM.
     * Model evaluations per step: 1.
     * Error estimate: none.
 
     Args:
-        order: 1, 2 or 3.
+        order: 1, 2, 3 or 4.
         predict: ``"data"`` (DPM-Solver++) or ``"noise"`` (DPM-Solver).
         solver_type: ``"dpmsolver"`` or ``"taylor"`` (they differ at order 2 only).
         warmup: How the first steps run before enough outputs are stored. ``"lower_order"`` (as the
             reference): orders 1, 2, ... on the first steps, NFE = steps, but a first-order first
             step caps the global order at 2 where the model output varies at the start.
             ``"singlestep"``: the first step of an order-3 method is a singlestep order-2 step (one
-            extra evaluation), which keeps global order 3.
+            extra evaluation), which keeps global order 3. Order 4 has no order-keeping warm-up
+            (it would need third-order steps until three outputs are stored): ``"lower_order"`` only, whose orders
+            1, 2, 3 on the first steps keep the global order 4 only where the model output varies
+            slowly at the start (sampling from $T$; see the convergence table).
 
     ??? cite "Reference"
         Lu et al., *DPM-Solver++: Fast Solver for Guided Sampling of Diffusion Probabilistic
@@ -51,11 +58,15 @@ class DPMSolverMultistep(ExponentialIntegrator):
     """
 
     evals_per_step = 1
+    max_order = 4
 
     def __init__(self, order: int = 2, predict: str = "data", solver_type: str = "dpmsolver",
                  warmup: str = "lower_order"):
         super().__init__(order, predict, solver_type)
         self.warmup = check_choice("warmup", warmup, WARMUPS)
+        if self.warmup == "singlestep" and order > SINGLESTEP_MAX:
+            raise ValueError(f"warmup='singlestep' keeps the order up to {SINGLESTEP_MAX} only (order {order} would need "
+                             "singlestep steps until enough outputs are stored); use warmup='lower_order'")
 
     def __repr__(self) -> str:
         return (f"DPMSolverMultistep(order={self.order}, predict={self.predict!r}, "
@@ -68,8 +79,8 @@ class DPMSolverMultistep(ExponentialIntegrator):
         return apply_lower_order_final([min(self.order, i + lead) for i in range(n_steps)], lower_order_final)
 
     def evaluations(self, orders: Sequence[int]) -> int:
-        r"""One evaluation per step; a first step of order $k \ge 2$ (no history yet) runs $k$ stages."""
-        return len(orders) + (orders[0] - 1 if orders else 0)
+        r"""One evaluation per step; a first step of order $k \ge 2$ (no history yet) runs $\min(k, 3)$ stages."""
+        return len(orders) + (min(orders[0], SINGLESTEP_MAX) - 1 if orders else 0)
 
     def update_factors(self, n_nodes: int, z: float):
         """Override point for variants that weight the Taylor terms differently (``None``: exact)."""
@@ -78,8 +89,9 @@ class DPMSolverMultistep(ExponentialIntegrator):
     def _step(self, model: Predictor, x: Tensor, s: TimePoint, t: TimePoint, state: State, order: int) -> Update:
         m_s = self.evaluate(model, x, s)
         if not state.history and order >= 2:
-            # First step at order >= 2: no earlier outputs, so take a singlestep step of that order.
-            x_t, _, _ = run_stages(self, model, x, s, t, STAGES[(order, self.solver_type)], m_s)
+            # First step at order >= 2: no earlier outputs, so take a singlestep step of that order
+            # (of order 3 for order 4: the stages go to 3; its local error O(h^4) still suits order 4).
+            x_t, _, _ = run_stages(self, model, x, s, t, STAGES[(min(order, SINGLESTEP_MAX), self.solver_type)], m_s)
         else:
             used = (*state.history, History(s.lam, m_s))[-order:]
             h = t.lam - s.lam

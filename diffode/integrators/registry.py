@@ -8,11 +8,14 @@ from dataclasses import dataclass
 
 from diffode.integrators.adaptive import DPMSolverAdaptive
 from diffode.integrators.base import Integrator
+from diffode.integrators.deis import DEIS
 from diffode.integrators.heun import Heun
+from diffode.integrators.ipndm import IPNDM
 from diffode.integrators.multistep import DPMSolverMultistep
 from diffode.integrators.singlestep import DPMSolverSinglestep
 from diffode.integrators.torchdiffeq_bridge import METHODS as TORCHDIFFEQ_METHODS
 from diffode.integrators.torchdiffeq_bridge import torchdiffeq_integrator
+from diffode.integrators.unipc import UniPC
 
 __all__ = ["FAMILIES", "INTEGRATORS", "get_integrator", "register"]
 
@@ -114,3 +117,19 @@ for _p, _tag, _paper in (("data", "dpmpp", "DPM-Solver++"), ("noise", "dpm", "DP
     _add(f"{_tag}_3m_sw", f"{_paper} multistep order 3 with a singlestep warm-up (global order 3, +1 NFE)",
          lambda p=_p: DPMSolverMultistep(3, p, warmup="singlestep"))
 _add("heun", "EDM's Heun (Karras et al. 2022) in sigma/alpha, order 2, 2 NFE/step", Heun)
+for _v in ("bh1", "bh2"):
+    for _k in (2, 3):
+        _add(f"unipc_{_v}_{_k}", f"UniPC-{_k} ({_v}, data form): UniP-{_k} predictor, UniC corrector, order {_k + 1}, 1 NFE/step",
+             lambda k=_k, v=_v: UniPC(k, "data", v))
+_add("unip_3", "UniP-3 alone (bh2, data form, no corrector): order 3, 1 NFE/step",
+     lambda: UniPC(3, "data", "bh2", corrector=False))
+for _p, _tag, _paper in (("data", "dpmpp", "DPM-Solver++"), ("noise", "dpm", "DPM-Solver")):
+    _add(f"{_tag}_4m", f"{_paper} multistep order 4 (exponential Adams-Bashforth 4), lower-order warm-up, 1 NFE/step",
+         lambda p=_p: DPMSolverMultistep(4, p))
+_add("ipndm", "iPNDM: Adams-Bashforth 4 on eps in sigma/alpha, equal-step weights, lower-order warm start, 1 NFE/step",
+     lambda: IPNDM(4))
+_add("ipndm_v", "iPNDM with variable-step weights (DEIS rhoAB-3): order 4 on any grid, 1 NFE/step",
+     lambda: IPNDM(4, variable_step=True))
+for _r in (1, 2, 3):
+    _add(f"deis_tab{_r}", f"DEIS tAB-{_r}: eps extrapolated in t (degree {_r}), exponential weights, order {_r + 1}, "
+         "1 NFE/step", lambda r=_r: DEIS(r + 1))

@@ -39,6 +39,8 @@ def data():
 def test_committed_orders_are_the_nominal_ones(data):
     for row in data["main"]:
         for sname, result in row["schedules"].items():
+            if sname in row["case"].get("limited_on", ()):  # explained in the table's note
+                continue
             assert abs(result["slope"] - row["case"]["expected"]) < 0.25, (row["case"]["label"], sname, result["slope"])
     for row in data["warmup"]:
         assert abs(row["slope"] - row["case"]["expected"]) < 0.25, (row["case"]["label"], row["slope"])

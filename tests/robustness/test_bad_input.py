@@ -230,7 +230,7 @@ LOOP_CASES = {
     "controller rtol": (lambda: dd.AdaptiveController(rtol=-1.0), ValueError, r"rtol must be > 0, got -1\.0"),
     "controller theta": (lambda: dd.AdaptiveController(theta=2.0), ValueError, r"theta must lie in \(0, 1\], got 2\.0"),
     "controller max_nfe": (lambda: dd.AdaptiveController(max_nfe=0), ValueError, r"max_nfe must be an integer >= 1, got 0"),
-    "integrator order": (lambda: DPMSolverMultistep(4), ValueError, r"order must be 1, 2 or 3 for DPMSolverMultistep, got 4"),
+    "integrator order": (lambda: DPMSolverMultistep(5), ValueError, r"order must be 1, 2, 3 or 4 for DPMSolverMultistep, got 5"),
     "integrator predict": (lambda: DPMSolverMultistep(2, "score"), ValueError, r"unknown predict 'score'; expected one of 'data', 'noise'"),
     "grid n": (lambda: UniformTime().times(LINEAR, 1.0, 0.1, 0), ValueError, r"n must be an integer >= 1, got 0"),
     "grid t_end zero": (lambda: get_grid("logSNR").times(LINEAR, 1.0, 0.0, 5), ValueError, r"a time grid needs t > 0"),
