@@ -167,6 +167,7 @@ def test_sample_checks_for_non_finite_states_by_default(capsys, tmp_path, monkey
     (["likelihood", "--probes", "3"], "--probes 3 needs --divergence hutchinson"),
     (["likelihood", "--data", "x.txt"], "--data must be a .pt or .npz file"),
     (["likelihood", "--model", "torch.nn:Identity", "--shape", "2"], "pass --data FILE"),
+    (["sample"], "give either -o FILE (one batch) or --out-dir FOLDER with --num-samples"),
 ])
 def test_user_mistakes_are_one_line_and_status_2(capsys, tmp_path, monkeypatch, argv, message):
     monkeypatch.chdir(tmp_path)
@@ -176,7 +177,7 @@ def test_user_mistakes_are_one_line_and_status_2(capsys, tmp_path, monkeypatch, 
     assert err.count("\n") == 1 and "Traceback" not in err
 
 
-@pytest.mark.parametrize("argv", [["demo", "--grid", "nope"], ["sample"], ["frobnicate"], ["demo", "--batch", "x"]])
+@pytest.mark.parametrize("argv", [["demo", "--grid", "nope"], ["frobnicate"], ["demo", "--batch", "x"]])
 def test_argument_errors_are_one_line_too(capsys, argv):
     with pytest.raises(SystemExit) as info:
         main(argv)
