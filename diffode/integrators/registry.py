@@ -8,7 +8,11 @@ from dataclasses import dataclass
 
 from diffode.integrators.adaptive import DPMSolverAdaptive
 from diffode.integrators.base import Integrator
+from diffode.integrators.ddpm import DDPM
+from diffode.integrators.euler_maruyama import EulerMaruyama
+from diffode.integrators.langevin import PredictorCorrector
 from diffode.integrators.multistep import DPMSolverMultistep
+from diffode.integrators.sde_dpm import SDEDPMSolverMultistep
 from diffode.integrators.singlestep import DPMSolverSinglestep
 
 __all__ = ["INTEGRATORS", "get_integrator", "register"]
@@ -97,3 +101,18 @@ for _p, _tag, _paper in (("data", "dpmpp", "DPM-Solver++"), ("noise", "dpm", "DP
              lambda k=_k, p=_p: DPMSolverAdaptive(k, p))
     _add(f"{_tag}_3m_sw", f"{_paper} multistep order 3 with a singlestep warm-up (global order 3, +1 NFE)",
          lambda p=_p: DPMSolverMultistep(3, p, warmup="singlestep"))
+
+# Stochastic samplers (integrator.stochastic: they draw from the solve's noise source).
+_add("euler_maruyama", "stochastic: Euler-Maruyama in time on the reverse SDE, strong/weak order 1, 1 NFE/step",
+     EulerMaruyama)
+_add("pc_langevin", "stochastic: score_sde's predictor-corrector, reverse diffusion + 1 Langevin step at snr=0.16, "
+     "2 NFE/step", PredictorCorrector)
+_add("ddpm", "stochastic: DDPM ancestral sampling (eta=1; eta=0 is DDIM), 1 NFE/step", DDPM)
+_add("sde_dpmpp_1", "stochastic: SDE-DPM-Solver++ order 1 (= DDPM ancestral), 1 NFE/step",
+     lambda: SDEDPMSolverMultistep(1))
+_add("sde_dpmpp_2m", "stochastic: SDE-DPM-Solver++(2M), midpoint (diffusers/k-diffusion default), 1 NFE/step",
+     lambda: SDEDPMSolverMultistep(2, "dpmsolver"))
+_add("sde_dpmpp_2m_heun", "stochastic: SDE-DPM-Solver++(2M), heun variant, 1 NFE/step",
+     lambda: SDEDPMSolverMultistep(2, "taylor"))
+_add("sde_dpmpp_3m", "stochastic: SDE-DPM-Solver++(3M), exact weights, 1 NFE/step",
+     lambda: SDEDPMSolverMultistep(3, "taylor"))
