@@ -253,7 +253,8 @@ def solve(model: Predictor, x: Tensor, integrator: Integrator | str, times: Plan
     x = check_tensor("x", x)
     integrator = get_integrator(integrator)
     _check_callable("correcting_xt_fn", correcting_xt_fn)
-    noise = noise_source(noise, generator, seeds)
+    noise = noise_source(noise, generator, seeds)  # validated for every integrator, used by stochastic ones:
+    noise_kw = {"noise": noise} if integrator.stochastic else {}  # an ODE integrator's step keeps its signature
     if integrator.adaptive:
         raise ValueError(f"{integrator!r} chooses its own steps (an embedded pair); use solve_adaptive")
     if isinstance(times, Plan):
@@ -277,7 +278,7 @@ def solve(model: Predictor, x: Tensor, integrator: Integrator | str, times: Plan
     nfe = 0
     intermediates = [x] if return_intermediate else None
     for i in range(n):
-        result = integrator.step(evaluator, state_x, points[i], points[i + 1], state, orders[i], noise)
+        result = integrator.step(evaluator, state_x, points[i], points[i + 1], state, orders[i], **noise_kw)
         state_x, state, nfe = result.x, result.state, nfe + result.nfe
         if correcting_xt_fn is not None:
             state_x = _corrected(correcting_xt_fn, state_x, points[i + 1].t, i + 1)
@@ -386,6 +387,7 @@ def solve_adaptive(model: Predictor, x: Tensor, integrator: Integrator | str, t_
     if not integrator.adaptive:
         raise ValueError(f"{integrator!r} has no error estimate; use an embedded pair such as DPMSolverAdaptive")
     noise = noise_source(noise, generator, seeds)
+    noise_kw = {"noise": noise} if integrator.stochastic else {}
     if controller is None:
         controller = AdaptiveController()
     elif not isinstance(controller, AdaptiveController):
@@ -420,7 +422,7 @@ def solve_adaptive(model: Predictor, x: Tensor, integrator: Integrator | str, t_
                                f"the tolerances atol={controller.atol}, rtol={controller.rtol} cannot be met; "
                                "loosen them")
         t = controller.next_point(schedule, s, h, end)
-        result = integrator.step(evaluator, state_x, s, t, state, noise=noise)
+        result = integrator.step(evaluator, state_x, s, t, state, **noise_kw)
         nfe += result.nfe
         error = controller.error(result.x, result.x_low, x_prev)
         attempt = accepted + rejected + 1

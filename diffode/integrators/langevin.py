@@ -69,6 +69,13 @@ class PredictorCorrector(Integrator):
     def __repr__(self) -> str:
         return f"PredictorCorrector(snr={self.snr}, n_steps={self.n_steps})"
 
+    def plan_orders(self, nfe: int, lower_order_final: bool | int = True) -> list[int]:
+        """``nfe // (1 + n_steps)`` steps; a budget below one step's cost is refused."""
+        if nfe < self.evals_per_step:
+            raise ValueError(f"{self!r} spends {self.evals_per_step} evaluations per step (1 predictor + "
+                             f"{self.n_steps} corrector); give nfe >= {self.evals_per_step}, got {nfe}")
+        return super().plan_orders(nfe, lower_order_final)
+
     def _score(self, model: Predictor, x: Tensor, s: TimePoint) -> Tensor:
         return model.predict(x, s, "noise") * (-1.0 / s.sigma)
 
