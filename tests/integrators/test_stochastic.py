@@ -151,6 +151,8 @@ def test_bad_corrector_arguments():
         PredictorCorrector(snr=-1.0)
     with pytest.raises(ValueError, match="n_steps must be an integer >= 0"):
         PredictorCorrector(n_steps=-1)
+    with pytest.raises(ValueError, match="unknown norms 'mean'"):
+        PredictorCorrector(norms="mean")
 
 
 def test_pc_plan_counts_the_corrector():
@@ -270,7 +272,8 @@ def test_predictor_corrector_without_noise_is_the_deterministic_predictor():
 
 # -- the same draws as other implementations ----------------------------------------------------------
 
-def test_reverse_diffusion_predictor_is_score_sdes_on_its_grid():
+@pytest.mark.parametrize("norms", ["sample", "batch"])
+def test_reverse_diffusion_predictor_is_score_sdes_on_its_grid(norms):
     """On score_sde's VE grid t_i = i / (N - 1), a PC step is diffode.sde's reverse discretisation
     (SMLD's) with the Langevin corrector of score_sde (per-sample norms), given the same draws."""
     N = 6
@@ -279,7 +282,7 @@ def test_reverse_diffusion_predictor_is_score_sdes_on_its_grid():
     times = [i / (N - 1) for i in range(N - 1, 0, -1)]
     snr = 0.2
     recording = Recording()
-    got = dd.solve(model, x_T(), PredictorCorrector(snr=snr), times, noise=recording).x
+    got = dd.solve(model, x_T(), PredictorCorrector(snr=snr, norms=norms), times, noise=recording).x
     draws = iter(recording.draws)
     reverse = sde.reverse(model)
     x = x_T()
@@ -287,7 +290,10 @@ def test_reverse_diffusion_predictor_is_score_sdes_on_its_grid():
         score = reverse.score_fn(x, t)
         z = next(draws)
         norm = lambda v: v.reshape(v.shape[0], -1).norm(dim=1).reshape(-1, 1)  # noqa: E731
-        step = 2 * (snr * norm(z) / norm(score)) ** 2
+        if norms == "batch":  # score_sde: the batch means of the norms
+            step = 2 * (snr * norm(z).mean() / norm(score).mean()) ** 2
+        else:
+            step = 2 * (snr * norm(z) / norm(score)) ** 2
         x = x + step * score + (2 * step).sqrt() * z
         f, G = reverse.discretize(x, t)
         x = x - f + G * next(draws)
