@@ -1,7 +1,7 @@
 """diffode: verified DPM-Solver integrators for the ODEs of diffusion models."""
 
 from diffode import integrators, models, schedules
-from diffode import likelihood, sde  # after models and schedules, which they use
+from diffode import likelihood, noise, sde  # after models and schedules, which they use
 from diffode.controllers import AdaptiveController
 from diffode.integrators import Plan, get_integrator, solve_reference
 from diffode.models import GaussianMixture, Predictor, wrap
@@ -14,6 +14,6 @@ __version__ = "0.1.0"
 __all__ = [
     "EDM", "VE", "AdaptiveController", "CosineVP", "DPMSolver", "DiscreteVP", "FlowMatching", "GaussianMixture",
     "LinearVP", "NoiseSchedule", "NonFiniteError", "Plan", "Predictor", "Solution", "SubVP", "__version__",
-    "get_integrator", "integrators", "likelihood", "models", "schedules", "sde", "solve", "solve_adaptive",
+    "get_integrator", "integrators", "likelihood", "models", "noise", "schedules", "sde", "solve", "solve_adaptive",
     "solve_reference", "wrap",
 ]

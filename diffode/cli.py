@@ -456,7 +456,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     with torch.no_grad():
         solution = study.sample_nfe(model, x, integrator, args.nfe, grid=args.grid, t_start=t_start,
                                     t_end=t_end, denoise_to_zero=args.denoise_to_zero, controller=controller,
-                                    check_finite=not args.no_check_finite)
+                                    check_finite=not args.no_check_finite, generator=g)  # a stochastic sampler's draws
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - start
@@ -827,7 +827,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "lower error than time_uniform with dpmpp_2m at NFE 20)")
     p.add_argument("--shape", nargs="+", type=int, help="shape of one sample, e.g. 3 32 32 (user models)")
     p.add_argument("--batch", type=int, default=16, help="number of samples")
-    p.add_argument("--seed", type=int, default=0, help="seed of x_T")
+    p.add_argument("--seed", type=int, default=0, help="seed of x_T and of a stochastic sampler's draws")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="dtype of x")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--t-start", type=float, default=None, help="start time (default T)")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+import torch
 from torch import Tensor
 
 from diffode._utils import Number, check_choice, check_finite_number, check_int, check_tensor
@@ -21,6 +22,7 @@ from diffode.integrators.registry import get_integrator
 from diffode.integrators.singlestep import DPMSolverSinglestep
 from diffode.models.corrections import CorrectedData, dynamic_thresholding
 from diffode.models.predictor import Predictor
+from diffode.noise import noise_source
 from diffode.schedules.base import NoiseSchedule
 from diffode.solve import Solution, solve, solve_adaptive
 
@@ -111,7 +113,8 @@ class DPMSolver:
                order: int = 2, skip_type: str | TimeGrid | Sequence[float] = "time_uniform", method: str = "multistep", lower_order_final: bool = True,
                denoise_to_zero: bool = False, solver_type: str = "dpmsolver", atol: float = 0.0078,
                rtol: float = 0.05, return_intermediate: bool = False, warmup: str = "lower_order",
-               integrator: Integrator | str | None = None) -> Tensor | tuple[Tensor, list[Tensor]]:
+               integrator: Integrator | str | None = None, generator: torch.Generator | None = None,
+               seeds: Sequence[int] | Tensor | None = None) -> Tensor | tuple[Tensor, list[Tensor]]:
         """Sample from ``x`` at ``t_start`` (default T) down to ``t_end`` (default 1/N or 1e-3).
 
         Args:
@@ -138,6 +141,10 @@ class DPMSolver:
                 and ``warmup`` describe (then leave those at their defaults): an
                 :class:`~diffode.integrators.Integrator`, a registered name or
                 ``package.module:name``. It spends ``steps`` evaluations as its own plan says.
+            generator: For a stochastic integrator (``integrator="sde_dpmpp_2m"``, say), the
+                ``torch.Generator`` of its draws.
+            seeds: Or one seed per sample, so that each sample depends on its own seed only (see
+                :func:`~diffode.solve`; the ODE integrators ignore both).
 
         Returns:
             The sample, or the pair ``(sample, intermediates)`` with ``return_intermediate``. The
@@ -146,7 +153,8 @@ class DPMSolver:
         t_start = self.schedule.T if t_start is None else t_start
         t_end = self.schedule.default_t_end if t_end is None else t_end
         return self._run(x, steps, t_start, t_end, order, skip_type, method, lower_order_final, denoise_to_zero,
-                         solver_type, atol, rtol, return_intermediate, warmup, integrator, direction=-1)
+                         solver_type, atol, rtol, return_intermediate, warmup, integrator, direction=-1,
+                         noise=noise_source(None, generator, seeds))
 
     def inverse(self, x: Tensor, steps: int = 20, t_start: float | None = None, t_end: float | None = None,
                 order: int = 2, skip_type: str | TimeGrid | Sequence[float] = "time_uniform", method: str = "multistep", lower_order_final: bool = True,
@@ -163,7 +171,7 @@ class DPMSolver:
                          solver_type, atol, rtol, return_intermediate, warmup, integrator, direction=1)
 
     def _run(self, x, steps, t_start, t_end, order, skip_type, method, lower_order_final, denoise_to_zero,
-             solver_type, atol, rtol, return_intermediate, warmup, integrator, direction):
+             solver_type, atol, rtol, return_intermediate, warmup, integrator, direction, noise=None):
         # Validate everything before the first model evaluation, whatever the method ignores.
         x = check_tensor("x", x)
         steps = check_int("steps", steps, low=1)
@@ -190,7 +198,7 @@ class DPMSolver:
                 raise ValueError(f"integrator= replaces {', '.join(changed)}; pass one or the other")
             integrator = get_integrator(integrator)
         options = dict(correcting_xt_fn=self.correcting_xt_fn, return_intermediate=return_intermediate,
-                       check_finite=self.check_finite)
+                       check_finite=self.check_finite, noise=noise)
         if integrator.adaptive:
             solution = solve_adaptive(self.predictor, x, integrator, t_start, t_end, controller,
                                       denoise_to_zero=denoise_to_zero, **options)

@@ -37,6 +37,7 @@ from diffode.controllers import AdaptiveController
 from diffode.integrators.base import Integrator, Plan
 from diffode.integrators.registry import get_integrator
 from diffode.models.predictor import Predictor
+from diffode.noise import NoiseSource, noise_source
 from diffode.schedules.base import NoiseSchedule, TimePoint, memoised
 
 __all__ = ["NonFiniteError", "Solution", "denoise", "solve", "solve_adaptive", "working_dtype"]
@@ -181,8 +182,10 @@ def _check_orders(orders: Sequence[int], n: int, integrator: Integrator) -> list
 def solve(model: Predictor, x: Tensor, integrator: Integrator | str, times: Plan | Sequence[float] | Tensor, *,
           orders: Sequence[int] | None = None, lower_order_final: bool | int = False, denoise_to_zero: bool = False,
           correcting_xt_fn: Callable | None = None, return_intermediate: bool = False,
-          check_finite: bool = False) -> Solution:
-    """Integrate the probability-flow ODE of ``model`` through a plan or the given times.
+          check_finite: bool = False, noise: NoiseSource | None = None, generator: torch.Generator | None = None,
+          seeds: Sequence[int] | Tensor | None = None) -> Solution:
+    """Integrate the probability-flow ODE of ``model`` through a plan or the given times, or sample its
+    reverse SDE with a stochastic integrator.
 
     Every schedule value and step coefficient is a Python float computed on the host before or
     between steps, so the loop issues tensor operations only on ``x`` and the model outputs, and never
@@ -208,6 +211,12 @@ def solve(model: Predictor, x: Tensor, integrator: Integrator | str, times: Plan
         check_finite: Check every model output and the state after every step, and raise
             :class:`NonFiniteError` at the first step with a NaN or an infinity. Costs one host
             synchronisation per step; off, it costs nothing.
+        noise: For a stochastic integrator, the :class:`~diffode.noise.NoiseSource` of its draws
+            (e.g. :data:`~diffode.noise.zero_noise`).
+        generator: Or a ``torch.Generator`` to draw from.
+        seeds: Or one integer seed per sample: sample ``i``'s result then depends on ``x[i]`` and
+            ``seeds[i]`` only, whatever else is in the batch. With none of the three, draws come
+            from torch's global RNG. Deterministic integrators ignore all three (they draw nothing).
 
     Returns:
         A :class:`Solution`.
@@ -221,6 +230,8 @@ def solve(model: Predictor, x: Tensor, integrator: Integrator | str, times: Plan
     x = check_tensor("x", x)
     integrator = get_integrator(integrator)
     _check_callable("correcting_xt_fn", correcting_xt_fn)
+    noise = noise_source(noise, generator, seeds)  # validated for every integrator, used by stochastic ones:
+    noise_kw = {"noise": noise} if integrator.stochastic else {}  # an ODE integrator's step keeps its signature
     if integrator.adaptive:
         raise ValueError(f"{integrator!r} chooses its own steps (an embedded pair); use solve_adaptive")
     if isinstance(times, Plan):
@@ -244,7 +255,7 @@ def solve(model: Predictor, x: Tensor, integrator: Integrator | str, times: Plan
     nfe = 0
     intermediates = [x] if return_intermediate else None
     for i in range(n):
-        result = integrator.step(evaluator, state_x, points[i], points[i + 1], state, orders[i])
+        result = integrator.step(evaluator, state_x, points[i], points[i + 1], state, orders[i], **noise_kw)
         state_x, state, nfe = result.x, result.state, nfe + result.nfe
         if correcting_xt_fn is not None:
             state_x = _corrected(correcting_xt_fn, state_x, points[i + 1].t, i + 1)
@@ -313,7 +324,8 @@ def _adaptive_failure(evaluator: _Evaluator, controller: AdaptiveController, res
 def solve_adaptive(model: Predictor, x: Tensor, integrator: Integrator | str, t_start: float, t_end: float,
                    controller: AdaptiveController | None = None, *, denoise_to_zero: bool = False,
                    correcting_xt_fn: Callable | None = None, return_intermediate: bool = False,
-                   check_finite: bool = False) -> Solution:
+                   check_finite: bool = False, noise: NoiseSource | None = None,
+                   generator: torch.Generator | None = None, seeds: Sequence[int] | Tensor | None = None) -> Solution:
     """Integrate with an embedded pair, the step size chosen by ``controller``.
 
     The accept/reject decision needs the error on the host, so this loop synchronises once per step.
@@ -334,6 +346,9 @@ def solve_adaptive(model: Predictor, x: Tensor, integrator: Integrator | str, t_
         correcting_xt_fn: Called as ``fn(x, t, step)`` after each accepted step.
         return_intermediate: Keep every accepted state.
         check_finite: Record finiteness of every model output for a precise report (see above).
+        noise: The noise source of a stochastic integrator (see :func:`solve`).
+        generator: Or a ``torch.Generator``.
+        seeds: Or one seed per sample.
 
     Returns:
         A :class:`Solution`.
@@ -348,6 +363,8 @@ def solve_adaptive(model: Predictor, x: Tensor, integrator: Integrator | str, t_
     integrator = get_integrator(integrator)
     if not integrator.adaptive:
         raise ValueError(f"{integrator!r} has no error estimate; use an embedded pair such as DPMSolverAdaptive")
+    noise = noise_source(noise, generator, seeds)
+    noise_kw = {"noise": noise} if integrator.stochastic else {}
     if controller is None:
         controller = AdaptiveController()
     elif not isinstance(controller, AdaptiveController):
@@ -382,7 +399,7 @@ def solve_adaptive(model: Predictor, x: Tensor, integrator: Integrator | str, t_
                                f"the tolerances atol={controller.atol}, rtol={controller.rtol} cannot be met; "
                                "loosen them")
         t = controller.next_point(schedule, s, h, end)
-        result = integrator.step(evaluator, state_x, s, t, state)
+        result = integrator.step(evaluator, state_x, s, t, state, **noise_kw)
         nfe += result.nfe
         error = controller.error(result.x, result.x_low, x_prev)
         attempt = accepted + rejected + 1

@@ -46,6 +46,7 @@ from diffode.integrators.reference import integrate_in_lambda, solve_reference
 from diffode.integrators.registry import INTEGRATORS, get_integrator
 from diffode.models.analytic import AnalyticPredictor
 from diffode.models.predictor import Predictor
+from diffode.noise import NoiseSource
 from diffode.schedules.base import TimePoint, VPSchedule
 from diffode.solve import Solution, solve, solve_adaptive
 
@@ -277,7 +278,9 @@ def configure_integrator(name: str | Integrator, **options) -> Integrator:
 def sample_nfe(model: Predictor, x: Tensor, integrator: Integrator | str, nfe: int, *,
                grid: str | TimeGrid = "time_uniform", t_start: float | None = None, t_end: float | None = None,
                lower_order_final: bool | int = True, denoise_to_zero: bool = False,
-               controller: AdaptiveController | None = None, check_finite: bool = False) -> Solution:
+               controller: AdaptiveController | None = None, check_finite: bool = False,
+               noise: NoiseSource | None = None, generator: torch.Generator | None = None,
+               seeds: Sequence[int] | Tensor | None = None) -> Solution:
     r"""Sample with a budget of ``nfe`` model evaluations, spent as the integrator plans it.
 
     Fixed-grid integrators spend the budget through their own
@@ -289,7 +292,8 @@ def sample_nfe(model: Predictor, x: Tensor, integrator: Integrator | str, nfe: i
     With ``denoise_to_zero`` one more evaluation returns the data prediction at the end (the
     $\sigma = 0$ end point); count it in ``nfe`` by passing one less. ``check_finite`` raises
     :class:`~diffode.solve.NonFiniteError` at the first step with a non-finite state (one host sync
-    per step).
+    per step). A stochastic integrator draws from ``noise``, ``generator`` or ``seeds`` (see
+    :func:`~diffode.solve`).
 
     Returns:
         The :class:`~diffode.solve.Solution`; ``solution.nfe`` is the exact count.
@@ -302,10 +306,11 @@ def sample_nfe(model: Predictor, x: Tensor, integrator: Integrator | str, nfe: i
     t_end = schedule.default_t_end if t_end is None else float(t_end)
     if integrator.adaptive:
         return solve_adaptive(model, x, integrator, t_start, t_end, controller or AdaptiveController(),
-                              denoise_to_zero=denoise_to_zero, check_finite=check_finite)
+                              denoise_to_zero=denoise_to_zero, check_finite=check_finite, noise=noise,
+                              generator=generator, seeds=seeds)
     plan = integrator.plan(schedule, nfe, grid=grid, t_start=t_start, t_end=t_end,
                            lower_order_final=lower_order_final, denoise_to_zero=denoise_to_zero)
-    return solve(model, x, integrator, plan, check_finite=check_finite)
+    return solve(model, x, integrator, plan, check_finite=check_finite, noise=noise, generator=generator, seeds=seeds)
 
 
 @dataclass

@@ -80,6 +80,27 @@ def test_sample_writes_pt_and_is_reproducible(capsys, tmp_path):
     assert not torch.equal(torch.load(a)["samples"], db["samples"])
 
 
+def test_sample_with_a_stochastic_sampler(capsys, tmp_path):
+    """--seed sets x_T and the sampler's draws: the same seed gives the same samples, another seed others."""
+    paths = [tmp_path / f"{i}.pt" for i in range(3)]
+    for path, seed in zip(paths, ("0", "0", "1")):
+        code, out, err = run(capsys, "sample", "-o", str(path), "--integrator", "sde_dpmpp_2m", "--seed", seed,
+                             "--nfe", "8", "--batch", "2", "--schedule", "linear")
+        assert code == 0, err
+        assert "NFE 8" in out and "SDEDPMSolverMultistep" in out
+    a, b, c = (torch.load(p)["samples"] for p in paths)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    code, _, err = run(capsys, "sample", "-o", str(paths[0]), "--integrator", "sde_dpmpp_2m", "--option", "eta=0.0",
+                       "--nfe", "8", "--batch", "2", "--schedule", "linear")
+    assert code == 0, err
+    code, _, _ = run(capsys, "sample", "-o", str(paths[1]), "--integrator", "dpmpp_2m", "--nfe", "8", "--batch", "2",
+                     "--schedule", "linear")
+    torch.testing.assert_close(torch.load(paths[0])["samples"], torch.load(paths[1])["samples"])  # eta=0: the ODE
+    code, out, _ = run(capsys, "list")
+    for name in ("euler_maruyama", "pc_langevin", "ddpm", "sde_dpmpp_1", "sde_dpmpp_2m", "sde_dpmpp_3m"):
+        assert name in out
+
+
 def test_sample_npz_json_adaptive_and_denoise(capsys, tmp_path):
     path = tmp_path / "s.npz"
     code, out, _ = run(capsys, "sample", "-o", str(path), "--integrator", "dpmpp_adaptive_23", "--batch", "2",

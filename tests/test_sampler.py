@@ -58,7 +58,8 @@ def test_registry_contracts(name):
     assert sol.nfe == net.calls
     # A zero-length step is the identity.
     p = model.schedule.point(0.5)
-    step = integrator.step(model, x, p, p, integrator.init(), integrator.order)
+    noise = dd.noise.NoiseSource.from_seeds([0] * 3) if integrator.stochastic else None
+    step = integrator.step(model, x, p, p, integrator.init(), integrator.order, noise=noise)
     assert torch.allclose(step.x, x, atol=1e-14)
     assert 1 <= integrator.order <= 4 and integrator.evals_per_step >= 1
 

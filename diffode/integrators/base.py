@@ -31,6 +31,7 @@ from diffode._utils import check_choice, check_int
 from diffode.integrators.coefficients import linear_coefficients, update_weights
 from diffode.integrators.grids import TimeGrid, get_grid
 from diffode.models.predictor import Predictor
+from diffode.noise import NoiseSource
 from diffode.schedules.base import NoiseSchedule, TimePoint, memoised
 
 __all__ = ["ExponentialIntegrator", "History", "Integrator", "LOWER_ORDER_FINAL_BELOW", "Plan", "State", "StepResult",
@@ -243,12 +244,16 @@ class Integrator(abc.ABC):
         error_order: The order of the embedded error estimate, or ``None`` if there is none
             (then :func:`~diffode.solve_adaptive` can drive it).
         predict: ``"data"`` (DPM-Solver++) or ``"noise"`` (DPM-Solver): which model output is integrated.
+        stochastic: Whether the integrator samples a stochastic process: then its :meth:`_step` takes
+            a seventh argument, the :class:`~diffode.noise.NoiseSource` its draws come from, and it
+            only runs from noise to data (the half log-SNR increases).
     """
 
     order: int
     evals_per_step: int = 1
     error_order: int | None = None
     predict: str = "data"
+    stochastic: bool = False
 
     @property
     def adaptive(self) -> bool:
@@ -325,17 +330,27 @@ class Integrator(abc.ABC):
     # -- stepping ---------------------------------------------------------------------------------
 
     def step(self, model: Predictor, x: Tensor, s: TimePoint, t: TimePoint, state: State,
-             order: int | None = None) -> StepResult:
+             order: int | None = None, noise: NoiseSource | None = None) -> StepResult:
         """Advance ``x`` from ``s`` to ``t`` at ``order`` (default the integrator's own).
 
         Counts the model evaluations of the step and advances ``state.step_index``; the step itself is
-        the subclass's :meth:`_step`.
+        the subclass's :meth:`_step`. A stochastic integrator needs ``noise``; the others ignore it.
         """
         order = self.order if order is None else order
         if isinstance(order, bool) or not isinstance(order, int) or not 1 <= order <= self.order:
             raise ValueError(f"order must be an integer in [1, {self.order}] for {self!r}, got {order!r}")
         counting = _Counting(model)
-        update = self._step(counting, x, s, t, state, order)
+        if self.stochastic:
+            if not isinstance(noise, NoiseSource):
+                raise TypeError(f"{self!r} is a stochastic sampler: pass noise=, a diffode.noise.NoiseSource "
+                                f"(NoiseSource.from_seeds(...), .from_generator(...) or zero_noise), got "
+                                f"{type(noise).__name__}")
+            if t.lam < s.lam:
+                raise ValueError(f"{self!r} samples from noise to data only: the step from t={s.t:.6g} to "
+                                 f"t={t.t:.6g} lowers the half log-SNR")
+            update = self._step(counting, x, s, t, state, order, noise)
+        else:
+            update = self._step(counting, x, s, t, state, order)
         if not isinstance(update, Update):
             raise TypeError(f"{type(self).__name__}._step must return a diffode.integrators.Update, "
                             f"got {type(update).__name__}")
@@ -344,7 +359,11 @@ class Integrator(abc.ABC):
 
     @abc.abstractmethod
     def _step(self, model: Predictor, x: Tensor, s: TimePoint, t: TimePoint, state: State, order: int) -> Update:
-        """One step from ``s`` to ``t`` at ``order``: the subclass's method."""
+        """One step from ``s`` to ``t`` at ``order``: the subclass's method.
+
+        A stochastic integrator's ``_step`` takes one more argument, ``noise`` (a
+        :class:`~diffode.noise.NoiseSource`), and calls ``noise.normal(x, interval)`` for each draw.
+        """
 
     def evaluate(self, model: Predictor, x: Tensor, point: TimePoint) -> Tensor:
         """The model output this integrator integrates (data or noise prediction): one model evaluation."""

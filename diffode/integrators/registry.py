@@ -8,10 +8,14 @@ from dataclasses import dataclass
 
 from diffode.integrators.adaptive import DPMSolverAdaptive
 from diffode.integrators.base import Integrator
+from diffode.integrators.ddpm import DDPM
 from diffode.integrators.deis import DEIS
+from diffode.integrators.euler_maruyama import EulerMaruyama
 from diffode.integrators.heun import Heun
 from diffode.integrators.ipndm import IPNDM
+from diffode.integrators.langevin import PredictorCorrector
 from diffode.integrators.multistep import DPMSolverMultistep
+from diffode.integrators.sde_dpm import SDEDPMSolverMultistep
 from diffode.integrators.singlestep import DPMSolverSinglestep
 from diffode.integrators.torchdiffeq_bridge import METHODS as TORCHDIFFEQ_METHODS
 from diffode.integrators.torchdiffeq_bridge import torchdiffeq_integrator
@@ -133,3 +137,18 @@ _add("ipndm_v", "iPNDM with variable-step weights (DEIS rhoAB-3): order 4 on any
 for _r in (1, 2, 3):
     _add(f"deis_tab{_r}", f"DEIS tAB-{_r}: eps extrapolated in t (degree {_r}), exponential weights, order {_r + 1}, "
          "1 NFE/step", lambda r=_r: DEIS(r + 1))
+
+# Stochastic samplers (integrator.stochastic: they draw from the solve's noise source).
+_add("euler_maruyama", "stochastic: Euler-Maruyama in time on the reverse SDE, strong/weak order 1, 1 NFE/step",
+     EulerMaruyama)
+_add("pc_langevin", "stochastic: score_sde's predictor-corrector, reverse diffusion + 1 Langevin step at snr=0.16, "
+     "2 NFE/step", PredictorCorrector)
+_add("ddpm", "stochastic: DDPM ancestral sampling (eta=1; eta=0 is DDIM), 1 NFE/step", DDPM)
+_add("sde_dpmpp_1", "stochastic: SDE-DPM-Solver++ order 1 (= DDPM ancestral), 1 NFE/step",
+     lambda: SDEDPMSolverMultistep(1))
+_add("sde_dpmpp_2m", "stochastic: SDE-DPM-Solver++(2M), midpoint (diffusers/k-diffusion default), 1 NFE/step",
+     lambda: SDEDPMSolverMultistep(2, "dpmsolver"))
+_add("sde_dpmpp_2m_heun", "stochastic: SDE-DPM-Solver++(2M), heun variant, 1 NFE/step",
+     lambda: SDEDPMSolverMultistep(2, "taylor"))
+_add("sde_dpmpp_3m", "stochastic: SDE-DPM-Solver++(3M), exact weights, 1 NFE/step",
+     lambda: SDEDPMSolverMultistep(3, "taylor"))
