@@ -193,7 +193,7 @@ def _sample_shard(model: Predictor, integrator: Integrator, config: GenerateConf
         indices = range(a, min(a + config.batch_size, stop))
         x = _prior(model, config.shape, indices, config.seed, dtype, device)
         options = {}
-        if getattr(integrator, "stochastic", False):
+        if integrator.stochastic:
             options["seeds"] = [sample_seed(config.seed, i, "path") for i in indices]
         solution = sample_nfe(model, x, integrator, config.nfe, grid=config.grid, **options)
         out.append(solution.x.detach().to("cpu").numpy())
