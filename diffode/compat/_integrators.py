@@ -25,7 +25,7 @@ from diffode.integrators.singlestep import DPMSolverSinglestep, run_stages, stag
 from diffode.models.predictor import Predictor
 from diffode.schedules.base import NoiseSchedule, TimePoint
 
-__all__ = ["Counting", "InnerGridSinglestep", "Primed", "ReferenceController", "ReferenceMultistep"]
+__all__ = ["InnerGridSinglestep", "Primed", "ReferenceController", "ReferenceMultistep"]
 
 Ratios = Callable[[TimePoint, TimePoint, int], tuple[float | None, float | None]]
 
@@ -79,19 +79,6 @@ class Primed(Predictor):
     def predict(self, x: Tensor, point: TimePoint, kind: str) -> Tensor:
         if self._queue:
             return self._queue.pop(0)
-        return self.predictor.predict(x, point, kind)
-
-
-class Counting(Predictor):
-    """A predictor that counts its evaluations (the reference reports the NFE to its callbacks)."""
-
-    def __init__(self, predictor: Predictor):
-        self.predictor = predictor
-        self.schedule = predictor.schedule
-        self.count = 0
-
-    def predict(self, x: Tensor, point: TimePoint, kind: str) -> Tensor:
-        self.count += 1
         return self.predictor.predict(x, point, kind)
 
 

@@ -87,7 +87,7 @@ from torch import Tensor
 
 from diffode._utils import as_time, check_choice
 from diffode.integrators.adaptive import DPMSolverAdaptive
-from diffode.integrators.base import exponential_update
+from diffode.integrators.base import CountingPredictor, exponential_update
 from diffode.integrators.grids import TimeGrid
 from diffode.integrators.singlestep import DPMSolverSinglestep, run_stages, stages_for
 from diffode.models.corrections import CorrectedData, dynamic_thresholding
@@ -96,7 +96,7 @@ from diffode.models.predictor import Predictor, resolve_point
 from diffode.schedules.base import TimePoint
 from diffode.solve import solve, solve_adaptive
 
-from diffode.compat._integrators import Counting, InnerGridSinglestep, Primed, ReferenceController, ReferenceMultistep
+from diffode.compat._integrators import InnerGridSinglestep, Primed, ReferenceController, ReferenceMultistep
 from diffode.compat._model import ModelFunction, NoiseFunction, model_wrapper
 from diffode.compat._schedule import NoiseScheduleVP, ReferenceSchedule, expand_dims, interpolate_fn, schedule_view
 
@@ -404,7 +404,7 @@ class DPM_Solver(_GenerationDispatch):
         dtype = x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32
         controller = ReferenceController(dtype, atol=atol, rtol=rtol, theta=theta, h_init=h_init, t_err=t_err,
                                          max_nfe=_MAX_ADAPTIVE_NFE)
-        predictor = Counting(self._predictor())
+        predictor = CountingPredictor(self._predictor())
         hook = None
         if callback is not None or img_callback is not None:
             def hook(x_new, _t, _step):

@@ -34,7 +34,7 @@ from diffode.models.predictor import Predictor
 from diffode.noise import NoiseSource
 from diffode.schedules.base import NoiseSchedule, TimePoint, memoised
 
-__all__ = ["ExponentialIntegrator", "History", "Integrator", "LOWER_ORDER_FINAL_BELOW", "Plan", "State", "StepResult",
+__all__ = ["CountingPredictor", "ExponentialIntegrator", "History", "Integrator", "LOWER_ORDER_FINAL_BELOW", "Plan", "State", "StepResult",
            "Update", "exponential_update", "apply_lower_order_final", "linear_combination", "point_at_lambda"]
 
 PREDICTIONS = ("data", "noise")
@@ -213,8 +213,8 @@ def point_at_lambda(schedule: NoiseSchedule, lam: float) -> TimePoint:
     return memoised(schedule, ("point_at_lambda", lam), lambda: schedule.point_at_lambda(lam))
 
 
-class _Counting(Predictor):
-    """The model as one step sees it: every prediction counted (the base class's NFE bookkeeping)."""
+class CountingPredictor(Predictor):
+    """A model whose predictions are counted (``count``): how :meth:`Integrator.step` knows a step's NFE."""
 
     def __init__(self, model: Predictor):
         self.model = model
@@ -339,7 +339,7 @@ class Integrator(abc.ABC):
         order = self.order if order is None else order
         if isinstance(order, bool) or not isinstance(order, int) or not 1 <= order <= self.order:
             raise ValueError(f"order must be an integer in [1, {self.order}] for {self!r}, got {order!r}")
-        counting = _Counting(model)
+        counting = CountingPredictor(model)
         if self.stochastic:
             if not isinstance(noise, NoiseSource):
                 raise TypeError(f"{self!r} is a stochastic sampler: pass noise=, a diffode.noise.NoiseSource "
