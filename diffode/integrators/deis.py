@@ -111,7 +111,7 @@ class DEIS(Integrator):
     (:func:`~diffode.integrators.base.apply_lower_order_final`), as for the other multistep methods.
 
     Args:
-        order: $r + 1$: 1 (DDIM) to 4 (tAB-3, the paper's best).
+        order: $r + 1$: 1 (DDIM, tAB-0) to 4 (tAB-3).
 
     ??? cite "Reference"
         Zhang & Chen, *Fast Sampling of Diffusion Models with Exponential Integrator*, ICLR 2023,

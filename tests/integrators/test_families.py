@@ -196,11 +196,13 @@ def test_ipndm_orders():
 def test_every_order_of_the_new_families(sname):
     # DEIS extrapolates in t, and DiscreteVP is only piecewise smooth in t (knots every 1/1000): with
     # steps near the knot spacing its order falls, so it is fitted on the smooth schedule only.
+    # (Up to 192 steps at order 4: at 768 the errors reach the RK45 ground truth's own, ~1e-9.)
     deis = {f"deis{k}": DEIS(k) for k in (1, 2, 3, 4)} if sname == "linear" else {}
-    integrators = {**deis,
-                   **{f"ipndm_v{k}": IPNDM(k, variable_step=True) for k in (1, 2, 3, 4)},
-                   "dpmpp_4m": DPMSolverMultistep(4, "data"), "dpm_4m": DPMSolverMultistep(4, "noise")}
-    for result in _slopes(integrators, [96, 192, 384, 768], sname):
+    ab4 = {"dpmpp_4m": DPMSolverMultistep(4, "data"), "dpm_4m": DPMSolverMultistep(4, "noise")}
+    for result in _slopes({**deis, **ab4}, [24, 48, 96, 192], sname):
+        assert abs(result.slope - result.order) < 0.25, result
+    for result in _slopes({f"ipndm_v{k}": IPNDM(k, variable_step=True) for k in (1, 2, 3, 4)}, [96, 192, 384, 768],
+                          sname):
         assert abs(result.slope - result.order) < 0.25, result
     for result in _slopes({f"ipndm{k}": IPNDM(k) for k in (2, 3, 4)}, [96, 192, 384, 768], sname):
         assert abs(result.slope - 2) < 0.25, result
