@@ -364,3 +364,35 @@ def test_half_precision_and_intermediates():
                    return_intermediate=True)
     assert sol.x.dtype == torch.float16 and torch.isfinite(sol.x).all() and len(sol.intermediates) == 9
     assert isinstance(get_integrator("euler_maruyama"), EulerMaruyama)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("draw_device", ["cpu", "cuda"])
+def test_seeded_sampling_on_cuda(draw_device):
+    """A CUDA state with CPU or CUDA generators: results stay per-sample and, with CPU generators,
+    equal the CPU run up to the device's arithmetic."""
+    model = mixture()
+    x = x_T(4)
+    plan = get_integrator("sde_dpmpp_2m").plan(model.schedule, 10)
+
+    def run(x, seeds, device):
+        noise = NoiseSource.from_seeds(seeds, device=draw_device)
+        return dd.solve(model, x.to(device), "sde_dpmpp_2m", plan, noise=noise).x
+
+    full = run(x, [1, 2, 3, 4], "cuda")
+    assert full.device.type == "cuda"
+    assert torch.equal(run(x[2:], [3, 4], "cuda"), full[2:])
+    if draw_device == "cpu":
+        assert torch.allclose(full.cpu(), run(x, [1, 2, 3, 4], "cpu"), rtol=1e-10, atol=1e-10)
+    generator = torch.Generator("cuda").manual_seed(0)
+    out = dd.solve(model, x.cuda(), "ddpm", plan, generator=generator).x
+    assert out.device.type == "cuda" and torch.isfinite(out).all()
+
+
+def test_diffusers_scheduler_refuses_stochastic_samplers():
+    pytest.importorskip("diffusers")
+    from diffode.integrations.diffusers import DiffodeScheduler, supported_integrators
+
+    assert not set(STOCHASTIC) & set(supported_integrators())
+    with pytest.raises(ValueError, match="stochastic sampler, which DiffodeScheduler does not run"):
+        DiffodeScheduler(integrator="sde_dpmpp_2m")
