@@ -167,8 +167,9 @@ def training_betas(beta_schedule: str, num_train_timesteps: int, beta_start: flo
 
 
 def _one_evaluation_per_step(integrator: Integrator) -> bool:
-    # What the integrator declares: a run of n steps costs n model evaluations.
-    return not integrator.adaptive and all(integrator.evaluations(integrator.step_orders(n)) == n for n in (1, 2, 3, 4))
+    # What the integrator declares: a run of n steps costs n model evaluations. Stochastic samplers
+    # are left out: the scheduler's step() has no noise source to give them.
+    return not integrator.adaptive and not integrator.stochastic and all(integrator.evaluations(integrator.step_orders(n)) == n for n in (1, 2, 3, 4))
 
 
 def supported_integrators() -> list[str]:
@@ -206,6 +207,9 @@ def _method(integrator: str | None, solver_order: int | None, algorithm_type: st
                             f"JSON), got {type(integrator).__name__}; register a custom one with "
                             "diffode.integrators.register")
         chosen = get_integrator(integrator)
+        if chosen.stochastic:
+            raise ValueError(f"integrator {integrator!r} is a stochastic sampler, which DiffodeScheduler does not run; "
+                             f"use one of {', '.join(supported_integrators())}, or diffode.solve with seeds=")
         if not _one_evaluation_per_step(chosen):
             raise ValueError(f"integrator {integrator!r} evaluates the model inside its steps, but a diffusers pipeline "
                              f"makes one model call per step; use one of {', '.join(supported_integrators())} "

@@ -53,6 +53,11 @@ class SDEDPMSolverMultistep(ExponentialIntegrator):
     * Draws per step: 1 (none when ``eta=0``). Brownian clock $u = e^{2\eta\lambda}$: the draw is
       $(W(u_t) - W(u_s))/\sqrt{u_t - u_s}$ for :class:`~diffode.noise.BrownianNoise`.
     * ``order=1`` with ``eta=1`` is DDPM's ancestral step (:class:`~diffode.integrators.DDPM`).
+    * Use a grid uniform in $\lambda$ (``"logSNR"``, the default of :meth:`plan`) or Karras': the
+      stored outputs carry the noise of their steps, and the divided differences of orders 2 and 3
+      amplify it by $h/h_{prev}$, which is large near $t = 0$ on a time-uniform grid. On
+      $\mathcal N(0.5, 0.3^2)$ data at 20 NFE, the samples' standard deviation is 0.31 (2M) and
+      0.31 (3M) on the logSNR grid, but 0.47 and 1.9 on a time-uniform one.
 
     Args:
         order: 1, 2 or 3 (the history warms up through the lower orders).

@@ -364,3 +364,71 @@ def test_half_precision_and_intermediates():
                    return_intermediate=True)
     assert sol.x.dtype == torch.float16 and torch.isfinite(sol.x).all() and len(sol.intermediates) == 9
     assert isinstance(get_integrator("euler_maruyama"), EulerMaruyama)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("draw_device", ["cpu", "cuda"])
+def test_seeded_sampling_on_cuda(draw_device):
+    """A CUDA state with CPU or CUDA generators: results stay per-sample and, with CPU generators,
+    equal the CPU run up to the device's arithmetic."""
+    model = mixture()
+    x = x_T(4)
+    plan = get_integrator("sde_dpmpp_2m").plan(model.schedule, 10)
+
+    def run(x, seeds, device):
+        noise = NoiseSource.from_seeds(seeds, device=draw_device)
+        return dd.solve(model, x.to(device), "sde_dpmpp_2m", plan, noise=noise).x
+
+    full = run(x, [1, 2, 3, 4], "cuda")
+    assert full.device.type == "cuda"
+    assert torch.equal(run(x[2:], [3, 4], "cuda"), full[2:])
+    if draw_device == "cpu":
+        assert torch.allclose(full.cpu(), run(x, [1, 2, 3, 4], "cpu"), rtol=1e-10, atol=1e-10)
+    generator = torch.Generator("cuda").manual_seed(0)
+    out = dd.solve(model, x.cuda(), "ddpm", plan, generator=generator).x
+    assert out.device.type == "cuda" and torch.isfinite(out).all()
+
+
+def test_diffusers_scheduler_refuses_stochastic_samplers():
+    pytest.importorskip("diffusers")
+    from diffode.integrations.diffusers import DiffodeScheduler, supported_integrators
+
+    assert not set(STOCHASTIC) & set(supported_integrators())
+    with pytest.raises(ValueError, match="stochastic sampler, which DiffodeScheduler does not run"):
+        DiffodeScheduler(integrator="sde_dpmpp_2m")
+
+
+@pytest.mark.parametrize("solver_type", ["midpoint", "heun"])
+@pytest.mark.parametrize("eta", [1.0, 0.5])
+def test_sde_dpmpp_2m_matches_k_diffusion(solver_type, eta):
+    """k-diffusion's sample_dpmpp_2m_sde (its eta included) on a VE path, where its sigma coordinates
+    are the state's, fed the same draws: equal to round-off in float64."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+    try:
+        from benchmarks._common import load_kdiffusion_sampling
+    finally:
+        sys.path.pop(0)
+    sampling = load_kdiffusion_sampling()
+    if sampling is None:
+        pytest.skip("k-diffusion is not installed")
+    model = mixture(dd.VE())
+    integrator = SDEDPMSolverMultistep(2, {"midpoint": "dpmsolver", "heun": "taylor"}[solver_type], eta=eta)
+    plan = integrator.plan(model.schedule, 10, lower_order_final=False)
+    points = model.schedule.points(plan.times)
+    x = x_T() * 50.0
+    recording = Recording(3)
+    ours = dd.solve(model, x, integrator, plan, noise=recording).x
+
+    sigmas = torch.tensor([p.sigma for p in points], dtype=torch.float64)
+
+    def denoiser(x, sigma):
+        (point,) = [p for p in points if abs(p.sigma - float(sigma[0])) <= 1e-12 * p.sigma]
+        return model.data(x, point)
+
+    draws = iter(recording.draws)
+    theirs = sampling.sample_dpmpp_2m_sde(denoiser, x, sigmas, disable=True, eta=eta, solver_type=solver_type,
+                                          noise_sampler=lambda sigma, sigma_next: next(draws))
+    assert close(ours, theirs, 1e-11)
