@@ -416,6 +416,12 @@ class ConvergenceResult:
             self.verdict = "passed" if ok else "failed" if math.isfinite(self.slope) else "inconclusive"
 
     @property
+    def overall_slope(self) -> float:
+        """The least-squares slope over every step count (:func:`fitted_slope`), asymptotic or not:
+        what a study whose steps were chosen in the asymptotic regime beforehand reads off."""
+        return fitted_slope(self.steps, self.errors)
+
+    @property
     def passed(self) -> bool:
         """Whether the asymptotic slope lies within ``tolerance`` of the nominal order."""
         return self.verdict == "passed"
