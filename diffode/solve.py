@@ -346,7 +346,9 @@ def solve_adaptive(model: Predictor, x: Tensor, integrator: Integrator | str, t_
         correcting_xt_fn: Called as ``fn(x, t, step)`` after each accepted step.
         return_intermediate: Keep every accepted state.
         check_finite: Record finiteness of every model output for a precise report (see above).
-        noise: The noise source of a stochastic integrator (see :func:`solve`).
+        noise: The noise source of a stochastic integrator (see :func:`solve`). The draws of a
+            rejected step are discarded, not conditioned on: an adaptive stochastic integrator must
+            account for that itself.
         generator: Or a ``torch.Generator``.
         seeds: Or one seed per sample.
 
