@@ -21,7 +21,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(HERE, "results")
 sys.path.insert(0, os.path.dirname(HERE))  # run from a checkout without installing
 
-from diffode.study import atomic_write, markdown_table  # noqa: E402
+from diffode.report import atomic_write, markdown_table  # noqa: E402
 
 __all__ = ["RESULTS", "Counter", "environment", "load_diffusers", "load_kdiffusion_sampling", "markdown_table",
            "median_time", "set_threads", "write_results"]

@@ -21,7 +21,7 @@ import time
 
 import _common
 from _common import markdown_table
-from diffode import study
+from diffode import report, study
 from diffode.integrators import DPMSolverMultistep
 from diffode.integrators.coefficients import phi
 from diffode.models.builtin import load_model
@@ -61,7 +61,7 @@ def main(argv=None) -> int:
     for name in args.schedules:
         start = time.perf_counter()
         model, results = run(name, args.batch, args.seed, args.tolerance)
-        header, rows = study.convergence_table(results)
+        header, rows = report.convergence_table(results)
         third = [r for r in results if r.label in ("dpmpp_3m", "dpm_3m", "dpmpp_3m_sw", "dpm_3m_sw")]
         ok = all(r.slope >= 2.75 for r in third)
         mine = [r for r in results if not r.label.startswith("reference")]

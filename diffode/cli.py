@@ -23,7 +23,7 @@ from collections.abc import Sequence
 
 import torch
 
-from diffode import __version__
+from diffode import __version__, report
 
 DEMO_INTEGRATORS = ("ddim", "dpmpp_2m", "dpmpp_3m", "dpm_3s", "dpmpp_adaptive_23")
 DIGITS_INTEGRATORS = ("ddim", "dpmpp_2m", "dpmpp_3m", "dpm_3s")
@@ -192,7 +192,7 @@ def _check_positive(name: str, values: Sequence[int]) -> list[int]:
 
 
 def _write_plot(series: dict, path: str | None, **kwargs) -> str | None:
-    from diffode.study import plot_series
+    from diffode.report import plot_series
 
     if not path:
         return None
@@ -307,11 +307,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
         ys.append(r.error)
     plot = None if args.no_plot else _write_plot(
         series, args.plot, title=f"{spec.name} under {schedule!r}, {args.grid} grid")
-    header, rows = study.error_table(records)
+    header, rows = report.error_table(records)
     reporter.text(f"RMSE against the RK45 ground truth ({spec.name}, {schedule!r}, {args.grid} grid, "
                   f"batch {args.batch}, seed {args.seed}; same x_T for every run)")
     reporter.text()
-    reporter.text(study.markdown_table(header, rows))
+    reporter.text(report.markdown_table(header, rows))
     _adaptive_text(reporter, records)
     reporter.text()
     reporter.text(f"ground truth in {ref_seconds:.1f} s; all runs in {time.perf_counter() - start:.1f} s"
@@ -323,14 +323,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _adaptive_text(reporter: Reporter, records) -> None:
-    from diffode import study
 
-    header, rows = study.adaptive_table(records)
+    header, rows = report.adaptive_table(records)
     if rows:
         reporter.text()
         reporter.text("adaptive step size (the tolerance sets the NFE):")
         reporter.text()
-        reporter.text(study.markdown_table(header, rows))
+        reporter.text(report.markdown_table(header, rows))
 
 
 def _demo_digits(args: argparse.Namespace, reporter: Reporter, nfes: list[int]) -> int:
@@ -351,16 +350,16 @@ def _demo_digits(args: argparse.Namespace, reporter: Reporter, nfes: list[int]) 
         records = study.error_vs_nfe(model, x, exact, integrators, nfes, grid=args.grid, progress=reporter.progress,
                                      on_sample=lambda label, nfe, out: samples.__setitem__(f"{label} @ {nfe}", out))
     scale = study.rmse(exact, torch.zeros_like(exact))
-    header, rows = study.error_table(records, scale)
+    header, rows = report.error_table(records, scale)
     reporter.text(f"RMSE against the RK45 ground truth (digits network, {args.grid} grid, batch {batch}, "
                   f"seed {args.seed})")
     reporter.text()
-    reporter.text(study.markdown_table(header, rows))
+    reporter.text(report.markdown_table(header, rows))
     _diverged_text(reporter, records, scale)
     _adaptive_text(reporter, records)
     grid_path = None
     if not args.no_plot and args.plot:
-        bad = {f"{r.label} @ {r.nfe}" for r in records if study.diverged(r, scale)}
+        bad = {f"{r.label} @ {r.nfe}" for r in records if report.diverged(r, scale)}
         rows_to_draw = {(f"{label} (diverged)" if label in bad else label): out for label, out in samples.items()}
         grid_path = _digits_grid({"RK45 ground truth": exact, **rows_to_draw}, spec.to_images, args.plot)
     reporter.text()
@@ -372,9 +371,8 @@ def _demo_digits(args: argparse.Namespace, reporter: Reporter, nfes: list[int]) 
 
 def _diverged_text(reporter: Reporter, records, scale: float) -> None:
     """Say which runs diverged (an error above the samples' own size) and why that happens."""
-    from diffode import study
 
-    bad = [f"{r.label} at NFE {r.nfe}" for r in records if study.diverged(r, scale)]
+    bad = [f"{r.label} at NFE {r.nfe}" for r in records if report.diverged(r, scale)]
     if bad:
         reporter.text()
         reporter.text(f"diverged (error above the samples' RMS, {scale:.2f}): {', '.join(bad)}. Few large steps in "
@@ -386,7 +384,7 @@ def _diverged_text(reporter: Reporter, records, scale: float) -> None:
 def _digits_grid(rows: dict[str, torch.Tensor], to_images, path: str,
                  columns: int = 8) -> str | None:
     """One row of digits per run, the ground truth first, written atomically as a PNG."""
-    from diffode.study import atomic_write
+    from diffode.report import atomic_write
 
     import matplotlib
 
@@ -436,7 +434,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     ext = os.path.splitext(out)[1].lower()
     if ext not in (".pt", ".npz"):
         raise UsageError(f"--out must end in .pt or .npz, got {out!r}")
-    study.check_output_path(out, "--out file")
+    report.check_output_path(out, "--out file")
     if args.batch < 1:
         raise UsageError(f"--batch must be >= 1, got {args.batch}")
     if args.nfe < 1:
@@ -465,7 +463,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
             "seed": args.seed, "model": args.model, "schedule": repr(schedule), "grid": args.grid,
             "t_start": solution.times[0], "t_end": solution.times[-1], "denoise_to_zero": args.denoise_to_zero}
     if ext == ".pt":
-        study.atomic_write(out, lambda tmp: torch.save({"samples": samples, **meta}, tmp))
+        report.atomic_write(out, lambda tmp: torch.save({"samples": samples, **meta}, tmp))
     else:
         import numpy as np
 
@@ -473,7 +471,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
             with open(tmp, "wb") as f:
                 np.savez(f, samples=samples.numpy(), **meta)  # the same keys as the .pt file
 
-        study.atomic_write(out, write_npz)
+        report.atomic_write(out, write_npz)
     reporter.text(f"{args.batch} samples of shape {tuple(shape)} with {integrator!r}: NFE {solution.nfe}, "
                   f"wall time {seconds:.3f} s -> {out}")
     reporter.document({"path": out, "shape": list(samples.shape), **meta})
@@ -557,7 +555,7 @@ def cmd_converge(args: argparse.Namespace) -> int:
         results = study.convergence_study(model, x, exact, integrators, steps, grid=args.grid, t_start=t_start,
                                           t_end=t_end, tolerance=args.tolerance, floor=10 * reference_error,
                                           progress=reporter.progress)
-    header, rows = study.convergence_table(results)
+    header, rows = report.convergence_table(results)
     failed = [r for r in results if r.failed]
     inconclusive = [r for r in results if not r.passed and not r.failed]
     plot = None if args.no_plot else _write_plot(
@@ -567,7 +565,7 @@ def cmd_converge(args: argparse.Namespace) -> int:
                   f"batch {args.batch}; the ground truth's own error is below {reference_error:.1e}); slope = order "
                   f"fitted where the errors are asymptotic, tolerance {args.tolerance}")
     reporter.text()
-    reporter.text(study.markdown_table(header, rows))
+    reporter.text(report.markdown_table(header, rows))
     reporter.text()
     for r in failed + inconclusive:
         reporter.text(f"{r.label}: {r.reason}")
@@ -655,14 +653,14 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     best = min(BASELINE_GRIDS, key=held_out.get)
     meta = {"model": args.model, "seed": args.seed, "test_seed": args.seed + 1, "test_samples": args.test,
             "held_out_rmse": held_out, "pilot_rmse_standard_grids": calibration.baselines}
-    study.atomic_write(args.out, lambda tmp: calibration.grid.to_json(tmp, **_clean(meta)))
+    report.atomic_write(args.out, lambda tmp: calibration.grid.to_json(tmp, **_clean(meta)))
     rows = [[name, f"{calibration.baselines.get(name, calibration.pilot_error):.3e}", f"{held_out[name]:.3e}"]
             for name in ("calibrated", *BASELINE_GRIDS)]
     reporter.text(f"{integrator!r} at NFE {args.nfe} on {args.model} under {schedule!r}: RMSE against the RK45 "
                   f"ground truth; pilots: {args.pilots} samples of seed {args.seed}, held out: {args.test} of seed "
                   f"{args.seed + 1}")
     reporter.text()
-    reporter.text(study.markdown_table(["grid", "pilot RMSE", "held-out RMSE"], rows))
+    reporter.text(report.markdown_table(["grid", "pilot RMSE", "held-out RMSE"], rows))
     reporter.text()
     reporter.text(f"calibrated / best standard grid ({best}) on held-out noise: "
                   f"{held_out['calibrated'] / held_out[best]:.2f}; {calibration.runs} runs in {seconds:.1f} s "
@@ -753,7 +751,7 @@ def cmd_likelihood(args: argparse.Namespace) -> int:
         if exact is not None:
             row += [f"{float(exact[i]):.6f}", f"{float(log_p[i] - exact[i]):.2e}"]
         rows.append(row)
-    from diffode.study import markdown_table
+    from diffode.report import markdown_table
 
     reporter.text(markdown_table(header, rows))
     reporter.text()
@@ -946,7 +944,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.batch = 8 if digits else 16
     try:
         if getattr(args, "plot", None) and not getattr(args, "no_plot", False):
-            from diffode.study import check_output_path
+            from diffode.report import check_output_path
 
             check_output_path(args.plot, "--plot file")  # before minutes of work, not after
         return args.handler(args)

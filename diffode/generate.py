@@ -44,7 +44,8 @@ from diffode._utils import check_int
 from diffode.integrators.base import Integrator
 from diffode.integrators.registry import get_integrator
 from diffode.models.predictor import Predictor
-from diffode.study import atomic_write, sample_nfe
+from diffode.report import atomic_write
+from diffode.study import sample_nfe
 
 __all__ = ["GenerateConfig", "GenerateReport", "generate", "load_samples", "sample_seed", "shard_ranges", "verify"]
 

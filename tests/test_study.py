@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import diffode as dd
-from diffode import study
+from diffode import report, study
 from diffode.integrators import DPMSolverMultistep, DPMSolverSinglestep
 from tests.helpers import gaussian, mixture2, rmse
 
@@ -126,18 +126,18 @@ def test_error_vs_nfe_and_tables():
     assert [(r.label, r.nfe) for r in records if not r.setting] == [("ddim", 5), ("ddim", 10), ("dpmpp_2m", 5),
                                                                     ("dpmpp_2m", 10)]
     assert len(seen) == 5 and seen[-1][0] == "adaptive (rtol=0.05)"
-    header, rows = study.error_table(records)
+    header, rows = report.error_table(records)
     assert header == ["integrator", "NFE 5", "NFE 10"] and [r[0] for r in rows] == ["ddim", "dpmpp_2m"]
-    a_header, a_rows = study.adaptive_table(records)
+    a_header, a_rows = report.adaptive_table(records)
     assert a_rows[0][:2] == ["adaptive", "rtol=0.05"]
-    text = study.markdown_table(header, rows)
+    text = report.markdown_table(header, rows)
     lines = text.splitlines()
     assert len(lines) == 4 and all(len(line) == len(lines[0]) for line in lines)
 
 
 def test_atomic_write_replaces_whole_files_only(tmp_path):
     path = tmp_path / "out.txt"
-    study.atomic_write(path, lambda tmp: open(tmp, "w").write("first"))
+    report.atomic_write(path, lambda tmp: open(tmp, "w").write("first"))
     assert path.read_text() == "first"
 
     def broken(tmp):
@@ -145,14 +145,14 @@ def test_atomic_write_replaces_whole_files_only(tmp_path):
         raise RuntimeError("disk full")
 
     with pytest.raises(RuntimeError, match="disk full"):
-        study.atomic_write(path, broken)
+        report.atomic_write(path, broken)
     assert path.read_text() == "first"
     assert os.listdir(tmp_path) == ["out.txt"]
 
 
 def test_plot_series_writes_a_png(tmp_path):
     path = tmp_path / "plot.png"
-    study.plot_series({"a": ([5, 10, 20], [1e-1, 1e-2, 1e-3]), "empty": ([5], [0.0])}, path, title="t")
+    report.plot_series({"a": ([5, 10, 20], [1e-1, 1e-2, 1e-3]), "empty": ([5], [0.0])}, path, title="t")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -255,7 +255,7 @@ def test_the_plot_keeps_its_title_inside_and_its_legend_off_the_data():
     title = "convergence: mixture, DiscreteVP(N=1000, clip_lambda=-5.1), logSNR grid, and some more words"
     series = {name: ([128, 256, 512, 1024], [k * n**-2.0 for n in (128, 256, 512, 1024)])
               for k, name in zip((1, 3, 10, 30, 100, 300, 1000, 3000, 10000), "abcdefghi")}
-    fig = study.series_figure(series, title=title, xlabel="steps")
+    fig = report.series_figure(series, title=title, xlabel="steps")
     try:
         fig.canvas.draw()
         renderer = fig.canvas.get_renderer()
@@ -271,7 +271,8 @@ def test_the_plot_keeps_its_title_inside_and_its_legend_off_the_data():
 
 
 def test_error_table_marks_diverged_runs():
-    from diffode.study import ErrorRecord, diverged, error_table
+    from diffode.report import diverged, error_table
+    from diffode.study import ErrorRecord
 
     records = [ErrorRecord("dpm_3s", 5, 16.8, 0.1, 5), ErrorRecord("dpmpp_3s", 5, 0.19, 0.1, 5)]
     assert diverged(records[0], 0.75) and not diverged(records[1], 0.75)
