@@ -133,3 +133,13 @@ def test_a_stochastic_sampler_is_per_sample_too(tmp_path):
     np.testing.assert_array_equal(a, b)
     ode = load_samples(generate(mixture(), "dpmpp_2m", out_dir=str(tmp_path / "c"), **run).out_dir)
     assert np.abs(a - ode).max() > 1e-3  # the noise is really there
+
+
+def test_the_example_script_samples_and_resumes(tmp_path):
+    script = [sys.executable, str(ROOT / "examples" / "sample_at_scale.py"), "--model", "mixture", "--num-samples", "4",
+              "--nfe", "4", "--batch-size", "2", "--shard-size", "2", "--out-dir", str(tmp_path)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    first = subprocess.run(script, env=env, capture_output=True, text=True, check=True)
+    assert "4 samples in" in first.stdout and verify(str(tmp_path)) == []
+    again = subprocess.run(script, env=env, capture_output=True, text=True, check=True)
+    assert "0 samples in" in again.stdout and "2 shards were already complete" in again.stdout
