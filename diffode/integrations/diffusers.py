@@ -220,10 +220,17 @@ def _method(integrator: str | None, solver_order: int | None, algorithm_type: st
         if algorithm_type is not None and ALGORITHM_TYPES[algorithm_type] != chosen.predict:
             raise ValueError(f"integrator={integrator!r} predicts {chosen.predict} but algorithm_type="
                              f"{algorithm_type!r} predicts {ALGORITHM_TYPES[algorithm_type]}; give one of the two")
+        # solver_type is the DPM-Solver family's second-order variant; other integrators have none.
+        variant = getattr(chosen, "solver_type", None)
         if solver_type is not None:
+            if variant is None:
+                raise ValueError(f"solver_type={solver_type!r} chooses a DPM-Solver's second-order variant; "
+                                 f"integrator={integrator!r} has none: leave solver_type out")
             chosen.solver_type = SOLVER_TYPES[solver_type]
     algorithm = {"data": "dpmsolver++", "noise": "dpmsolver"}[chosen.predict]
-    named_solver_type = {value: key for key, value in SOLVER_TYPES.items()}[chosen.solver_type]
+    variant = getattr(chosen, "solver_type", None)
+    # (A configuration keeps diffusers' default where the integrator has no variant.)
+    named_solver_type = {value: key for key, value in SOLVER_TYPES.items()}[variant] if variant else "midpoint"
     return chosen, chosen.order, algorithm, named_solver_type
 
 

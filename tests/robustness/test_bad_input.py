@@ -100,8 +100,8 @@ TIME_CASES = {
 }
 
 WRAP_CASES = {
-    "parameterization": (lambda: dd.wrap(net, LINEAR, "flow"), ValueError,
-                         r"unknown parameterization 'flow'; expected one of 'noise', .*'v'"),
+    "parameterization": (lambda: dd.wrap(net, LINEAR, "flux"), ValueError,
+                         r"unknown parameterization 'flux'; expected one of .*'noise', .*'v'"),
     "parameterization type": (lambda: dd.wrap(net, LINEAR, 3), TypeError, r"parameterization must be a name"),
     "guidance": (lambda: dd.wrap(net, LINEAR, guidance="cfg"), ValueError,
                  r"unknown guidance 'cfg'; expected one of 'uncond', 'classifier', 'classifier-free'"),
