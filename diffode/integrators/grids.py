@@ -123,7 +123,7 @@ class GivenTimes(TimeGrid):
         metadata: Anything to keep beside them (where they came from; written by :meth:`to_json`).
     """
 
-    def __init__(self, times, metadata: dict | None = None):
+    def __init__(self, times: Sequence[float] | Tensor, metadata: dict | None = None):
         try:
             values = torch.as_tensor(times.detach() if isinstance(times, Tensor) else times, dtype=torch.float64)
         except (TypeError, ValueError, RuntimeError) as error:
