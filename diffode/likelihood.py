@@ -32,12 +32,12 @@ from torch import Tensor
 from torchdiffeq import odeint
 
 from diffode._utils import Number, check_choice, check_finite_number, check_int, check_tensor
+from diffode.integrators.reference import lambda_rhs, odeint_options
 from diffode.models.predictor import Predictor
 from diffode.sde import SDE
 
 __all__ = ["Likelihood", "bits_per_dim", "log_likelihood"]
 
-_ADAPTIVE = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
 
 
 @dataclass
@@ -176,23 +176,22 @@ def log_likelihood(model: Predictor, x: Tensor, *, t_end: Number | None = None, 
     end, start = schedule.points([t_end, schedule.T])
     nfe = 0
 
+    field = lambda_rhs(model, schedule.point_at_lambda)  # the probability-flow ODE, written once
+
     def rhs(lam: Tensor, state: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
         nonlocal nfe
         nfe += 1
-        p = schedule.point_at_lambda(float(lam))
-        t = torch.full((batch,), p.t, dtype=torch.float64, device=x.device)
         with torch.enable_grad():
-            x_lam = (p.alpha * state[0]).detach().requires_grad_(True)
-            eps = model.noise(x_lam, t)
-            div = _divergence(eps, x_lam, probes)
-        return (-(p.sigma / p.alpha) * eps.detach(), p.sigma * div.detach())
+            y = state[0].detach().requires_grad_(True)
+            drift = field(lam, y)
+            # d log p / d lambda along the flow is minus the divergence of the drift in y.
+            div = _divergence(drift, y, probes)
+        return drift.detach(), -div.detach()
 
     y0 = x / end.alpha
     acc0 = torch.zeros(1 if probes is None else n_probes, batch, dtype=dtype, device=x.device)
     lams = torch.tensor([end.lam, start.lam], dtype=torch.float64)
-    # torchdiffeq's initial-step heuristic, starting where the vector field is tiny (e^{-lambda} at
-    # large lambda), would try a step far past lambda_T, where alpha underflows: start small instead.
-    options = {"first_step": 1e-3 * abs(start.lam - end.lam)} if method in _ADAPTIVE else None
+    options = odeint_options(method, end.lam, start.lam)
     ys, accs = odeint(rhs, (y0, acc0), lams, rtol=rtol, atol=atol, method=method, options=options)
     z = ys[-1] * start.alpha
     prior = prior_logp(z)

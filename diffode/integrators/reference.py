@@ -84,6 +84,15 @@ def solve_reference(model: Predictor, x: Tensor, t_start: Number, t_end: Number,
 _ADAPTIVE_METHODS = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
 
 
+def odeint_options(method: str, lam_from: float, lam_to: float) -> dict | None:
+    """torchdiffeq options for an integration in $\\lambda$: an adaptive method starts from a small step.
+
+    Where the vector field is tiny at the start ($t \\sim 10^{-5}$ on a VP path), the solver's own
+    first-step guess jumps far past the end, where $\\alpha$ underflows.
+    """
+    return {"first_step": 1e-3 * abs(lam_to - lam_from)} if method in _ADAPTIVE_METHODS else None
+
+
 def lambda_rhs(model: Predictor, point_at: Callable[[float], TimePoint]) -> Callable[[Tensor, Tensor], Tensor]:
     r"""The probability-flow ODE in $\lambda$ for $y = x/\alpha$: $(\lambda, y) \mapsto -e^{-\lambda}\hat\epsilon(\alpha y)$.
 
@@ -135,9 +144,7 @@ def integrate_in_lambda(model: Predictor, x: Tensor, lams: Sequence[float], poin
         return field(lam, y)
 
     points = [point_at(lam) for lam in lams]
-    # Where the vector field is tiny at the start (t ~ 1e-5 on a VP path), dopri5's own first-step
-    # guess jumps far past the end, where alpha underflows: start from a small step instead.
-    options = {"first_step": 1e-3 * abs(lams[-1] - lams[0])} if method in _ADAPTIVE_METHODS else None
+    options = odeint_options(method, lams[0], lams[-1])
     ys = odeint(rhs, x.to(torch.float64) / points[0].alpha, torch.tensor(lams, dtype=torch.float64), rtol=rtol,
                 atol=atol, method=method, options=options)
     alphas = torch.tensor([p.alpha for p in points], dtype=torch.float64, device=x.device)
