@@ -272,6 +272,13 @@ def test_cuda_compiled_and_bfloat16_network():
     plan = integrator.plan(model.schedule, 10)
     expected = dd.solve(model, x, integrator, plan).x
     for mode in ("compile", "cuda_graph"):
-        out = PlanSampler(model, integrator, plan, x, mode=mode)(x)
+        sampler = PlanSampler(model, integrator, plan, x, mode=mode)
+        sampler(x)  # compiles (compile mode)
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")  # a host synchronisation in a call now raises
+        try:
+            out = sampler(x)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
         assert out.dtype == torch.float32
         torch.testing.assert_close(out, expected, rtol=2e-2, atol=2e-2)
