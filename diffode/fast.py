@@ -39,6 +39,7 @@ dtype at its input and the output back, in that one place.
 
 from __future__ import annotations
 
+import types
 from collections.abc import Callable, Mapping, Sequence
 
 import torch
@@ -85,6 +86,17 @@ class _Given(NoiseSource):
         draw = self.draws[self.index]
         self.index += 1
         return draw
+
+
+def _own_code(function: Callable) -> Callable:
+    """A copy of ``function`` with a code object of its own.
+
+    torch.compile keeps its compiled graphs, and its limit on recompilations (8 by default), per code
+    object: were every sampler to compile the one ``_loop``, the ninth sampler of a process would
+    find that limit reached. A fresh code object gives each sampler its own cache.
+    """
+    return types.FunctionType(function.__code__.replace(), function.__globals__, function.__name__,
+                              function.__defaults__, function.__closure__)
 
 
 class PlanSampler:
@@ -161,7 +173,8 @@ class PlanSampler:
 
         self._clone = self.mode == "cuda_graph" or options.get("mode") in _REUSING_COMPILE_MODES
         if self.mode == "compile":
-            self._run = torch.compile(self._loop, fullgraph=True, dynamic=False, **options)
+            self._run = torch.compile(types.MethodType(_own_code(PlanSampler._loop), self), fullgraph=True,
+                                      dynamic=False, **options)
         elif self.mode == "cuda_graph":
             self._run = self._capture(example)
         else:
