@@ -13,7 +13,7 @@ For each network and NFE (10 and 20), DPM-Solver++(2M) runs as
 Each figure is the median over ``--repeat`` timed batches after warm-up (compilation and capture
 are timed apart, in their own column); the rows of one network and NFE are interleaved round by
 round so that a change in the machine's load hits all alike. ``vs diffusers`` is the ratio of
-samples per second; ``max |diff|`` compares a diffode row's samples with diffode eager's on the same
+samples per second; ``max abs diff`` compares a diffode row's samples with diffode eager's on the same
 batch (float round-off; diffusers' rows have none: its discrete timesteps and final step to
 sigma = 0 make another grid, so the same samples are not expected).
 
@@ -28,13 +28,14 @@ import statistics
 import sys
 import time
 
-import torch
-
 import _common
+import torch
 from _common import markdown_table
+
 import diffode as dd
 from diffode.models.digits import digits_betas, load_digits_model
 
+FAILURES: list[str] = []  # rows that could not be built, with the error
 BETAS = digits_betas()  # linspace(1e-4, 0.02, 1000): the digits network's schedule, used for both networks
 
 
@@ -105,12 +106,17 @@ def build_rows(args, device, diffusers, net, shape, batch, nfe, x):
             if diffusers is not None and dtype == torch.float32:
                 rows.append(("diffusers loop", diffusers_loop(diffusers, net, nfe), 0.0))
             continue
-        start = time.perf_counter()
-        sampler = dd.PlanSampler(model, integrator, plan, x, mode=mode)
-        if mode == "compile":
-            sampler(x)  # compiles here
-        sync(device)
         label = {"eager": "diffode eager", "compile": "diffode compiled", "cuda_graph": "diffode CUDA graph"}[mode]
+        start = time.perf_counter()
+        try:
+            sampler = dd.PlanSampler(model, integrator, plan, x, mode=mode)
+            if mode == "compile":
+                sampler(x)  # compiles here
+            sync(device)
+        except Exception as error:  # noqa: BLE001 - a row that cannot be built is reported, the others still run
+            FAILURES.append(f"{label}, NFE {nfe}: {type(error).__name__}: {str(error).splitlines()[0][:300]}")
+            print(FAILURES[-1], file=sys.stderr)
+            continue
         rows.append((label, sampler, time.perf_counter() - start))
     return rows
 
@@ -167,7 +173,8 @@ def main(argv=None) -> int:
     if cuda and not torch.cuda.is_available():
         parser.error("--device cuda, but torch sees no CUDA device")
     if args.quick:
-        args.batch_digits, args.batch_unet, args.unet_size, args.repeat = 16, 2, 16, 3
+        args.batch_digits, args.batch_unet, args.unet_size = 16, 2, 16
+        args.repeat = args.repeat or 3
     args.batch_digits = args.batch_digits or (1024 if cuda else 64)
     args.batch_unet = args.batch_unet or (64 if cuda else 4)
     args.repeat = args.repeat or (20 if cuda else 5)
@@ -177,13 +184,15 @@ def main(argv=None) -> int:
         diffusers.utils.logging.set_verbosity_error()
     started = time.perf_counter()
     table = measure(args, device, diffusers)
-    header = ["network", "NFE", "batch", "sampler", "samples/s", "vs diffusers", "build s", "max |diff| vs eager"]
+    header = ["network", "NFE", "batch", "sampler", "samples/s", "vs diffusers", "build s", "max abs diff vs eager"]
     lines = [f"# Throughput of a fixed plan ({device.type})", "",
-             f"DPM-Solver++(2M), time-uniform grid, network in {args.network_dtype}, state in float32; median of "
+             (f"DPM-Solver++(2M), time-uniform grid, network in {args.network_dtype}, state in float32; median of "
              f"{args.repeat} timed batches per row after warm-up; `build s` is the compile or capture time "
              f"(spent once per sampler). Command: `python benchmarks/gpu_throughput.py "
-             f"{' '.join(sys.argv[1:] if argv is None else argv)}` ({time.perf_counter() - started:.0f} s in all).", "",
+             f"{' '.join(sys.argv[1:] if argv is None else argv)}` ({time.perf_counter() - started:.0f} s in all)."), "",
              markdown_table(header, table), "", f"Environment: {_common.environment()}."]
+    if FAILURES:
+        lines += ["", "Rows that could not be built:", ""] + [f"* {line}" for line in FAILURES]
     if args.note:
         lines += ["", args.note]
     text = "\n".join(lines)

@@ -50,7 +50,14 @@ from diffode.integrators.base import Integrator, Plan
 from diffode.integrators.registry import get_integrator
 from diffode.models.predictor import Predictor
 from diffode.noise import Interval, NoiseSource, noise_source
-from diffode.solve import _check_callable, _check_model, _Evaluator, _grid_points, run_points, working_dtype
+from diffode.solve import (
+    _check_callable,
+    _check_model,
+    _Evaluator,
+    _grid_points,
+    run_points,
+    working_dtype,
+)
 
 __all__ = ["MODES", "PlanSampler"]
 

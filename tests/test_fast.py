@@ -153,7 +153,7 @@ def test_denoise_to_zero_and_correcting_fn_run_inside_the_loop(mode):
     integrator = get_integrator("dpmpp_2m")
     model, x = tiny_model(), batch()
     plan = integrator.plan(SCHEDULE, NFE, denoise_to_zero=True)
-    clip = lambda x, t, step: x.clamp(-2.0, 2.0)  # noqa: E731
+    clip = lambda x, t, step: x.clamp(-2.0, 2.0)
     options = FAST if mode == "compile" else None
     sampler = PlanSampler(model, integrator, plan, x, mode=mode, correcting_xt_fn=clip, compile_options=options)
     assert sampler.nfe == NFE + 1
