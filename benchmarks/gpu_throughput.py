@@ -121,7 +121,8 @@ def build_rows(args, device, diffusers, net, shape, batch, nfe, x):
     return rows
 
 
-def measure(args, device, diffusers) -> list[list[str]]:
+def measure(args, device, diffusers, done) -> list[list[str]]:
+    """Every row; ``done(table)`` is called after each network and NFE (so a run cut short keeps its rows)."""
     table = []
     for label, net, shape, batch in networks(args, device, diffusers):
         for nfe in args.nfe:
@@ -147,6 +148,7 @@ def measure(args, device, diffusers) -> list[list[str]]:
                 table.append([label, str(nfe), str(batch), name, f"{rate[name]:.1f}", versus,
                               f"{build:.1f}" if build else "-", diff])
                 print(" | ".join(table[-1]), file=sys.stderr, flush=True)
+            done(table)
     return table
 
 
@@ -183,23 +185,31 @@ def main(argv=None) -> int:
     if diffusers is not None:
         diffusers.utils.logging.set_verbosity_error()
     started = time.perf_counter()
-    table = measure(args, device, diffusers)
-    header = ["network", "NFE", "batch", "sampler", "samples/s", "vs diffusers", "build s", "max abs diff vs eager"]
-    lines = [f"# Throughput of a fixed plan ({device.type})", "",
-             (f"DPM-Solver++(2M), time-uniform grid, network in {args.network_dtype}, state in float32; median of "
-             f"{args.repeat} timed batches per row after warm-up; `build s` is the compile or capture time "
-             f"(spent once per sampler). Command: `python benchmarks/gpu_throughput.py "
-             f"{' '.join(sys.argv[1:] if argv is None else argv)}` ({time.perf_counter() - started:.0f} s in all)."), "",
-             markdown_table(header, table), "", f"Environment: {_common.environment()}."]
-    if FAILURES:
-        lines += ["", "Rows that could not be built:", ""] + [f"* {line}" for line in FAILURES]
-    if args.note:
-        lines += ["", args.note]
-    text = "\n".join(lines)
-    print(text)
+    command = " ".join(sys.argv[1:] if argv is None else argv)
+
+    def render(table: list[list[str]], final: bool) -> str:
+        header = ["network", "NFE", "batch", "sampler", "samples/s", "vs diffusers", "build s", "max abs diff vs eager"]
+        lines = [f"# Throughput of a fixed plan ({device.type})", "",
+                 (f"DPM-Solver++(2M), time-uniform grid, network in {args.network_dtype}, state in float32; median of "
+                  f"{args.repeat} timed batches per row after warm-up; `build s` is the compile or capture time "
+                  f"(spent once per sampler). Command: `python benchmarks/gpu_throughput.py {command}` "
+                  f"({time.perf_counter() - started:.0f} s {'in all' if final else 'so far: the run is not finished'})."),
+                 "", markdown_table(header, table), "", f"Environment: {_common.environment()}."]
+        if FAILURES:
+            lines += ["", "Rows that could not be built:", ""] + [f"* {line}" for line in FAILURES]
+        if args.note:
+            lines += ["", args.note]
+        return "\n".join(lines)
+
+    def write(table: list[list[str]], final: bool = False) -> None:
+        if args.out:
+            with open(args.out, "w") as f:
+                f.write(render(table, final).rstrip() + "\n")
+
+    table = measure(args, device, diffusers, write)
+    write(table, final=True)
+    print(render(table, True))
     if args.out:
-        with open(args.out, "w") as f:
-            f.write(text.rstrip() + "\n")
         print(f"wrote {args.out}", file=sys.stderr)
     return 0
 

@@ -284,7 +284,7 @@ def test_cuda_compiled_and_bfloat16_network():
     integrator = get_integrator("dpmpp_2m")
     _, model = load_model("digits", device="cuda", dtype=torch.bfloat16)
     x = torch.randn(8, 1, 8, 8, device="cuda")
-    plan = integrator.plan(model.schedule, 10)
+    plan = integrator.plan(model.schedule, 5)  # few steps: compiling unrolls the loop
     expected = dd.solve(model, x, integrator, plan).x
     for mode in ("compile", "cuda_graph"):
         sampler = PlanSampler(model, integrator, plan, x, mode=mode)
