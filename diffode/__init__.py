@@ -8,12 +8,13 @@ from diffode.models import GaussianMixture, Predictor, wrap
 from diffode.sampler import DPMSolver
 from diffode.schedules import EDM, VE, CosineVP, DiscreteVP, FlowMatching, LinearVP, NoiseSchedule, SubVP
 from diffode.solve import NonFiniteError, Solution, solve, solve_adaptive
+from diffode.fast import PlanSampler
 
 __version__ = "0.1.0"
 
 __all__ = [
     "EDM", "VE", "AdaptiveController", "CosineVP", "DPMSolver", "DiscreteVP", "FlowMatching", "GaussianMixture",
-    "LinearVP", "NoiseSchedule", "NonFiniteError", "Plan", "Predictor", "Solution", "SubVP", "__version__",
+    "LinearVP", "NoiseSchedule", "NonFiniteError", "Plan", "PlanSampler", "Predictor", "Solution", "SubVP", "__version__",
     "get_integrator", "integrators", "likelihood", "models", "noise", "schedules", "sde", "solve", "solve_adaptive",
     "solve_reference", "wrap",
 ]

@@ -248,10 +248,24 @@ def solve(model: Predictor, x: Tensor, integrator: Integrator | str, times: Plan
     dtype = x.dtype
     work = working_dtype(dtype)
     evaluator = _Evaluator(model, dtype if work != dtype else None, bool(check_finite))
-    state_x = x.to(work)
+    return run_points(evaluator, x, integrator, points, orders, denoise_to_zero, noise_kw, correcting_xt_fn,
+                      return_intermediate)
+
+
+def run_points(evaluator: _Evaluator, x: Tensor, integrator: Integrator, points: Sequence[TimePoint],
+               orders: Sequence[int], denoise_to_zero: bool, noise_kw: dict, correcting_xt_fn: Callable | None,
+               return_intermediate: bool) -> Solution:
+    """The fixed-grid loop over validated points and orders (shared by :func:`solve` and :mod:`diffode.fast`).
+
+    It only issues tensor operations on the state and the model outputs; host work is on floats.
+    """
+    dtype = x.dtype
+    state_x = x.to(working_dtype(dtype))
+    check_finite = evaluator.records is not None
     if check_finite:
         evaluator.check(state_x, 0, points[0].t)
     state = integrator.init()
+    n = len(orders)
     nfe = 0
     intermediates = [x] if return_intermediate else None
     for i in range(n):

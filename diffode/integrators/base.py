@@ -150,6 +150,7 @@ def _cached_weights(h: float, nodes: tuple[float, ...], z: float, solver_type: s
     return tuple(update_weights(h, nodes, z, solver_type, factors))
 
 
+@torch.compiler.assume_constant_result
 def step_weights(h: float, nodes: Sequence[float], z: float, solver_type: str = "taylor",
                  factors: Sequence[float] | None = None) -> tuple[float, ...]:
     """:func:`~diffode.integrators.coefficients.update_weights`, memoised (a pure function of the grid)."""
@@ -203,6 +204,7 @@ def exponential_update(x: Tensor, s: TimePoint, t: TimePoint, values: Sequence[T
     return linear_combination(x, a, [(v, b * w) for v, w in zip(values, weights)])
 
 
+@torch.compiler.assume_constant_result
 def point_at_lambda(schedule: NoiseSchedule, lam: float) -> TimePoint:
     """``schedule.point_at_lambda(lam)``, memoised per schedule (the stage points of singlestep methods).
 

@@ -37,12 +37,20 @@ class ModelWrapper(Predictor):
         time_input: Maps continuous time to the network's time input.
         model_kwargs: Extra keyword arguments passed through unchanged.
         condition: A condition passed as the third positional argument (unguided).
+        network_dtype: The dtype the network runs in, or ``None`` for the dtype of the state. When
+            set, the state is cast to it at the network's input and the output back to the state's
+            dtype: a float16 or bfloat16 network then drives a float32 solver state.
     """
 
     def __init__(self, network: Callable, schedule: NoiseSchedule, parameterization: Parameterization,
-                 time_input: ContinuousTime, model_kwargs: dict | None = None, condition: Any = None):
+                 time_input: ContinuousTime, model_kwargs: dict | None = None, condition: Any = None,
+                 network_dtype: torch.dtype | None = None):
         if not callable(network):
             raise TypeError(f"the model must be callable, got {type(network).__name__}")
+        if network_dtype is not None and (not isinstance(network_dtype, torch.dtype) or not network_dtype.is_floating_point):
+            raise TypeError(f"network_dtype must be None or a floating torch.dtype (torch.bfloat16, torch.float16, ...), "
+                            f"got {network_dtype!r}")
+        self.network_dtype = network_dtype
         self.network = network
         self.schedule = schedule
         self.parameterization = parameterization
@@ -54,12 +62,15 @@ class ModelWrapper(Predictor):
         """The raw network output at ``x`` and time ``t`` (a number, a ``(B,)`` tensor or a TimePoint).
 
         The network sees ``x`` times the parameterization's
-        :meth:`~diffode.models.parameterizations.Parameterization.input_scale` (1 for most) and the
-        time input of ``t``.
+        :meth:`~diffode.models.parameterizations.Parameterization.input_scale` (1 for most), in
+        ``network_dtype`` when one is set, and the time input of ``t``; the output is returned in
+        the dtype of ``x`` then.
         """
         point = resolve_point(self.schedule, t, x)
         scale = self.parameterization.input_scale(point.alpha, point.sigma)
         x_in = x if not isinstance(scale, Tensor) and scale == 1.0 else (x * scale).to(x.dtype)
+        if self.network_dtype is not None:
+            x_in = x_in.to(self.network_dtype)
         t_input = self.time_input(point.t, x)
         if self.condition is None:
             out = self.network(x_in, t_input, **self.model_kwargs)
@@ -73,7 +84,7 @@ class ModelWrapper(Predictor):
                              f"{tuple(x.shape)}")
         if out.device != x.device:
             raise ValueError(f"the model returned a tensor on {out.device}, but x is on {x.device}")
-        return out
+        return out if self.network_dtype is None else out.to(x.dtype)
 
     def predict(self, x: Tensor, point: TimePoint, kind: str) -> Tensor:
         return self.parameterization.convert(kind, self.forward(x, point), x, point.alpha, point.sigma)
@@ -91,7 +102,8 @@ class ModelWrapper(Predictor):
 def wrap(model: Callable, schedule: NoiseSchedule, parameterization: str | Parameterization = "noise", *,
          guidance: str = "uncond", condition: Any = None, unconditional_condition: Any = None,
          scale: float = 1.0, classifier_fn: Callable | None = None, classifier_kwargs: dict | None = None,
-         model_kwargs: dict | None = None, time_input: str | ContinuousTime | None = None) -> Predictor:
+         model_kwargs: dict | None = None, time_input: str | ContinuousTime | None = None,
+         network_dtype: torch.dtype | None = None) -> Predictor:
     """Wrap a network so the integrators can call it.
 
     Args:
@@ -114,6 +126,10 @@ def wrap(model: Callable, schedule: NoiseSchedule, parameterization: str | Param
             ``None`` to pick by the parameterization and the schedule
             (:func:`~diffode.models.time_inputs.default_time_input`: the training step for discrete
             schedules, ``1000 * sigma_t`` for ``FlowMatching``, ``t`` for other continuous ones).
+        network_dtype: The dtype of the network's weights when it differs from the state's, e.g.
+            ``torch.bfloat16`` for a bfloat16 network sampled with a float32 state: the state is
+            cast to it at the network's input and the output back (the solver's arithmetic stays in
+            the state's dtype). ``None`` (the default) calls the network on the state as it is.
 
     Returns:
         The :class:`Predictor` to hand to an integrator.
@@ -160,12 +176,13 @@ def wrap(model: Callable, schedule: NoiseSchedule, parameterization: str | Param
         raise TypeError("time_input must be 'discrete', 'continuous', 'noise_level', a ContinuousTime or None")
     if guidance == "classifier-free":
         network = ClassifierFreeGuidance(model, condition, unconditional_condition, scale)
-        return ModelWrapper(network, schedule, param, time_input, model_kwargs)
+        return ModelWrapper(network, schedule, param, time_input, model_kwargs, network_dtype=network_dtype)
     if guidance == "classifier":
         if classifier_fn is None:
             raise ValueError("guidance='classifier' needs classifier_fn=")
         if condition is None:
             raise ValueError("guidance='classifier' needs condition= (the class for the classifier)")
-        base = ModelWrapper(model, schedule, param, time_input, model_kwargs)
+        base = ModelWrapper(model, schedule, param, time_input, model_kwargs, network_dtype=network_dtype)
         return ClassifierGuidance(base, classifier_fn, condition, scale, time_input, classifier_kwargs)
-    return ModelWrapper(model, schedule, param, time_input, model_kwargs, condition=condition)
+    return ModelWrapper(model, schedule, param, time_input, model_kwargs, condition=condition,
+                        network_dtype=network_dtype)
