@@ -884,8 +884,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--knots", type=int, default=2, help="interior knots of the search's warp (0: no warp)")
     p.add_argument("--trim", type=float, default=0.0,
                    help="fraction of pilot samples with the largest errors the objective leaves out (default 0)")
-    p.add_argument("--pilots", type=int, default=32, help="pilot samples to calibrate on")
-    p.add_argument("--test", type=int, default=64, help="held-out samples to judge on (seed + 1)")
+    p.add_argument("--pilots", type=int, default=256,
+                   help="pilot samples to calibrate on (default 256: fewer fit their own mode flips)")
+    p.add_argument("--test", type=int, default=256, help="held-out samples to judge on (seed + 1)")
     p.add_argument("--seed", type=int, default=0, help="seed of the pilot noise")
     p.add_argument("--max-runs", type=int, default=200, help="most sampling runs of the search")
     p.add_argument("--rtol", type=float, default=None, help="ground-truth tolerance (default 1e-8; 1e-6 for networks)")

@@ -119,7 +119,7 @@ def test_calibrated_grid_beats_every_standard_grid_on_held_out_noise(mixture):
     model, pilot, pilot_exact, held_out, held_exact = mixture
     integrator = get_integrator("ipndm")
     calibration = calibrate_grid(model, integrator, 5, pilot, exact=pilot_exact, max_runs=40)
-    assert calibration.pilot_error <= min(calibration.baselines.values())
+    assert calibration.pilot_error <= min(calibration.baselines[g] for g in BASELINE_GRIDS)
     assert set(calibration.baselines) == {*BASELINE_GRIDS, "family"}
     times = calibration.grid.values
     assert times[0] == model.schedule.T and times[-1] == model.schedule.default_t_end and (times.diff() < 0).all()
@@ -199,3 +199,16 @@ def test_family_search_finds_the_minimum_of_a_smooth_objective():
     assert abs(power - 0.37) < 2e-3 and value == pytest.approx(1.0, abs=1e-5) and runs == len(calls) <= 40
     power, _, runs = _family_search(lambda p: (p + 5.0) ** 2, FAMILY_POWERS, 40)
     assert power == pytest.approx(min(FAMILY_POWERS), abs=2e-3)  # at the scan's edge: no extrapolation
+
+
+def test_calibrate_command_options_reach_the_calibration(tmp_path, capsys):
+    from diffode.cli import main
+
+    out = tmp_path / "grid.json"
+    assert main(["calibrate", "--integrator", "dpmpp_2m", "--nfe", "4", "-o", str(out), "--pilots", "4", "--test",
+                 "4", "--method", "family", "--max-runs", "12", "--trim", "0.25", "--quiet", "--json"]) == 0
+    saved = json.loads(out.read_text())
+    assert saved["method"] == "family" and saved["trim"] == 0.25 and saved["significance"] == 2.0
+    capsys.readouterr()
+    assert main(["calibrate", "-o", str(out), "--trim", "0.5", "--pilots", "4", "--test", "4", "--quiet"]) == 2
+    assert "trim must be < 0.5" in capsys.readouterr().err
