@@ -87,10 +87,12 @@ def _mean_squares(model: Predictor, x: Tensor, exact: Tensor, integrator: Integr
     return torch.where(torch.isfinite(squares), squares, torch.full_like(squares, math.inf))
 
 
-def _score(squares: Tensor, trim: float) -> float:
-    """The RMSE over the samples, leaving out the ``trim`` fraction with the largest errors."""
+def _score(squares: Tensor, trim: float, tail: float = 1.0) -> float:
+    """The RMSE over the samples, leaving out the ``trim`` fraction with the largest errors, and of
+    the rest averaging only the ``tail`` fraction with the largest errors."""
     keep = squares.numel() - int(trim * squares.numel())
-    return float(squares.sort().values[:keep].mean().sqrt())
+    kept = squares.sort().values[:keep]
+    return float(kept[keep - max(1, math.ceil(tail * keep)):].mean().sqrt())
 
 
 def grid_error(model: Predictor, x: Tensor, exact: Tensor, integrator: Integrator, times: Sequence[float] | Tensor,
@@ -156,11 +158,11 @@ def _warp(fractions: Tensor, controls: Sequence[float]) -> Tensor:
     return heights[k] + w * (heights[k + 1] - heights[k])
 
 
-def _significantly_better(new: Tensor, old: Tensor, significance: float, trim: float) -> bool:
+def _significantly_better(new: Tensor, old: Tensor, significance: float, score) -> bool:
     """Whether per-sample squared errors ``new`` beat ``old`` on their score by more than ``significance``
     standard errors of the mean paired difference (a few samples that change mode on the pilots
     otherwise pass for an improvement, and do not carry over to other noise)."""
-    if not _score(new, trim) < _score(old, trim):
+    if not score(new) < score(old):
         return False
     if significance == 0.0:
         return True
@@ -225,7 +227,7 @@ def _family_search(objective, powers: Sequence[float], max_runs: int) -> tuple[f
 def calibrate_grid(model: Predictor, integrator: Integrator | str, nfe: int, x: Tensor, *, method: str = "search",
                    exact: Tensor | None = None, t_start: float | None = None, t_end: float | None = None,
                    candidates: int | None = None, knots: int = 2, max_runs: int = 200, trim: float = 0.0,
-                   significance: float = 2.0, rtol: float = 1e-7) -> Calibration:
+                   tail: float = 1.0, significance: float = 2.0, rtol: float = 1e-7) -> Calibration:
     """The grid on which ``integrator`` with ``nfe`` evaluations best reproduces the ODE's solution from ``x``.
 
     Args:
@@ -242,6 +244,8 @@ def calibrate_grid(model: Predictor, integrator: Integrator | str, nfe: int, x: 
             grid alone): few knots keep the grid smooth, which is what carries over to other noise.
         max_runs: The most sampling runs the ``"search"`` (and the family's scan) may spend.
         trim: The fraction of pilot samples with the largest errors that the objective leaves out.
+        tail: The fraction of the (remaining) pilot samples, those with the largest errors, that the
+            objective averages (1: all, the RMSE).
         significance: A grid replaces the current best (the best standard grid, then the family's,
             then each warp) only when its pilot error is lower by more than this many standard errors
             of the paired per-sample difference (0: whenever it is lower).
@@ -264,6 +268,9 @@ def calibrate_grid(model: Predictor, integrator: Integrator | str, nfe: int, x: 
     significance = check_finite_number("significance", significance, nonnegative=True)
     if trim >= 0.5:
         raise ValueError(f"trim must be < 0.5 (the fraction of pilot samples left out), got {trim}")
+    tail = check_finite_number("tail", tail, positive=True)
+    if tail > 1.0:
+        raise ValueError(f"tail must be in (0, 1] (the fraction of pilot samples the score averages), got {tail}")
     if integrator.adaptive:
         raise ValueError(f"{integrator!r} chooses its own steps; calibrate a fixed-grid integrator")
     schedule = model.schedule
@@ -284,8 +291,11 @@ def calibrate_grid(model: Predictor, integrator: Integrator | str, nfe: int, x: 
             return torch.full((x.shape[0],), math.inf, dtype=torch.float64)
         return _mean_squares(model, x, exact, integrator, times, orders)
 
+    def score(squares: Tensor) -> float:
+        return _score(squares, trim, tail)
+
     def better(new: Tensor, old: Tensor) -> bool:
-        return _significantly_better(new, old, significance, trim)
+        return _significantly_better(new, old, significance, score)
 
     baselines = {}
     for name in BASELINE_GRIDS:
@@ -309,10 +319,10 @@ def calibrate_grid(model: Predictor, integrator: Integrator | str, nfe: int, x: 
         def family(power: float) -> Tensor:
             return exponential_lambda_times(schedule, t_start, t_end, n, power)
 
-        power, _, spent = _family_search(lambda p: _score(squares_of(family(p)), trim), FAMILY_POWERS, max_runs)
+        power, _, spent = _family_search(lambda p: score(squares_of(family(p))), FAMILY_POWERS, max_runs)
         runs += spent + 1
         family_times = family(power)
-        start = min(baselines, key=lambda k: _score(baselines[k][0], trim))
+        start = min(baselines, key=lambda k: score(baselines[k][0]))
         best, best_times = baselines[start][0], torch.tensor(baselines[start][1], dtype=torch.float64)
         family_squares = squares_of(family_times)
         baselines["family"] = (family_squares, tuple(family_times.tolist()))
@@ -335,8 +345,8 @@ def calibrate_grid(model: Predictor, integrator: Integrator | str, nfe: int, x: 
             runs += spent
             if warped is not best:
                 best, best_times = warped, grid_of(controls)
-    best_error = _score(best, trim)
+    best_error = score(best)
     metadata = {"integrator": repr(integrator), "nfe": nfe, "method": method, "schedule": repr(schedule),
-                "pilot_samples": int(x.shape[0]), "pilot_rmse": best_error, "trim": trim, "significance": significance}
+                "pilot_samples": int(x.shape[0]), "pilot_rmse": best_error, "trim": trim, "tail": tail, "significance": significance}
     grid = GivenTimes(best_times, metadata)
-    return Calibration(grid, best_error, {k: _score(v[0], trim) for k, v in baselines.items()}, runs, tuple(orders))
+    return Calibration(grid, best_error, {k: score(v[0]) for k, v in baselines.items()}, runs, tuple(orders))

@@ -130,13 +130,18 @@ def test_calibrated_grid_beats_every_standard_grid_on_held_out_noise(mixture):
     assert errors["calibrated"] <= best, errors
 
 
-def test_trimmed_objective_leaves_out_the_worst_samples():
+def test_trimmed_and_tail_objectives_average_the_right_samples():
     squares = torch.tensor([1.0, 4.0, 9.0, 100.0], dtype=torch.float64)
     assert _score(squares, 0.0) == pytest.approx((114 / 4) ** 0.5)
     assert _score(squares, 0.25) == pytest.approx((14 / 3) ** 0.5)
     assert _score(squares, 0.2) == pytest.approx((114 / 4) ** 0.5)  # int(0.2 * 4) = 0 samples left out
+    assert _score(squares, 0.0, 0.5) == pytest.approx((109 / 2) ** 0.5)  # the worst half
+    assert _score(squares, 0.25, 0.5) == pytest.approx((13 / 2) ** 0.5)  # ceil(0.5 * 3) = 2 of the 3 kept
+    assert _score(squares, 0.0, 0.01) == pytest.approx(10.0)  # at least one sample
     with pytest.raises(ValueError, match="trim must be < 0.5"):
         calibrate_grid(None, "dpmpp_2m", 5, torch.zeros(2, 3), trim=0.5)
+    with pytest.raises(ValueError, match=r"tail must be in \(0, 1\]"):
+        calibrate_grid(None, "dpmpp_2m", 5, torch.zeros(2, 3), tail=1.5)
 
 
 def test_dp_finds_the_cheapest_path():
