@@ -87,22 +87,15 @@ def _mean_squares(model: Predictor, x: Tensor, exact: Tensor, integrator: Integr
     return torch.where(torch.isfinite(squares), squares, torch.full_like(squares, math.inf))
 
 
-def _score(squares: Tensor, trim: float, tail: float = 1.0) -> float:
-    """The RMSE over the samples, leaving out the ``trim`` fraction with the largest errors, and of
-    the rest averaging only the ``tail`` fraction with the largest errors."""
-    keep = squares.numel() - int(trim * squares.numel())
-    kept = squares.sort().values[:keep]
-    return float(kept[keep - max(1, math.ceil(tail * keep)):].mean().sqrt())
-
-
 def grid_error(model: Predictor, x: Tensor, exact: Tensor, integrator: Integrator, times: Sequence[float] | Tensor,
-               orders: Sequence[int], *, trim: float = 0.0) -> float:
-    """The RMSE of ``integrator`` run through ``times`` at ``orders`` from ``x``, against ``exact``.
+               orders: Sequence[int]) -> float:
+    """The RMSE of ``integrator`` run through ``times`` at ``orders`` from ``x``, against ``exact``."""
+    return _score(_mean_squares(model, x, exact, integrator, times, orders))
 
-    Args:
-        trim: The fraction of samples with the largest errors to leave out (0: the plain RMSE).
-    """
-    return _score(_mean_squares(model, x, exact, integrator, times, orders), trim)
+
+def _score(squares: Tensor) -> float:
+    """The RMSE from each sample's mean-square error."""
+    return float(squares.mean().sqrt())
 
 
 def step_cost_matrix(model: Predictor, integrator: Integrator, candidates: Sequence[float], states: Tensor) -> Tensor:
@@ -158,11 +151,11 @@ def _warp(fractions: Tensor, controls: Sequence[float]) -> Tensor:
     return heights[k] + w * (heights[k + 1] - heights[k])
 
 
-def _significantly_better(new: Tensor, old: Tensor, significance: float, score) -> bool:
+def _significantly_better(new: Tensor, old: Tensor, significance: float) -> bool:
     """Whether per-sample squared errors ``new`` beat ``old`` on their score by more than ``significance``
     standard errors of the mean paired difference (a few samples that change mode on the pilots
     otherwise pass for an improvement, and do not carry over to other noise)."""
-    if not score(new) < score(old):
+    if not _score(new) < _score(old):
         return False
     if significance == 0.0:
         return True
@@ -226,8 +219,7 @@ def _family_search(objective, powers: Sequence[float], max_runs: int) -> tuple[f
 
 def calibrate_grid(model: Predictor, integrator: Integrator | str, nfe: int, x: Tensor, *, method: str = "search",
                    exact: Tensor | None = None, t_start: float | None = None, t_end: float | None = None,
-                   candidates: int | None = None, knots: int = 2, max_runs: int = 200, trim: float = 0.0,
-                   tail: float = 1.0, significance: float = 2.0, rtol: float = 1e-7) -> Calibration:
+                   candidates: int | None = None, knots: int = 2, max_runs: int = 200, significance: float = 2.0, rtol: float = 1e-7) -> Calibration:
     """The grid on which ``integrator`` with ``nfe`` evaluations best reproduces the ODE's solution from ``x``.
 
     Args:
@@ -243,9 +235,6 @@ def calibrate_grid(model: Predictor, integrator: Integrator | str, nfe: int, x: 
         knots: How many interior knots the ``"search"``'s warp has (at most ``n - 1``; 0: the family's
             grid alone): few knots keep the grid smooth, which is what carries over to other noise.
         max_runs: The most sampling runs the ``"search"`` (and the family's scan) may spend.
-        trim: The fraction of pilot samples with the largest errors that the objective leaves out.
-        tail: The fraction of the (remaining) pilot samples, those with the largest errors, that the
-            objective averages (1: all, the RMSE).
         significance: A grid replaces the current best (the best standard grid, then the family's,
             then each warp) only when its pilot error is lower by more than this many standard errors
             of the paired per-sample difference (0: whenever it is lower).
@@ -264,13 +253,7 @@ def calibrate_grid(model: Predictor, integrator: Integrator | str, nfe: int, x: 
     nfe = check_int("nfe", nfe, low=1)
     max_runs = check_int("max_runs", max_runs, low=0)
     knots = check_int("knots", knots, low=0)
-    trim = check_finite_number("trim", trim, nonnegative=True)
     significance = check_finite_number("significance", significance, nonnegative=True)
-    if trim >= 0.5:
-        raise ValueError(f"trim must be < 0.5 (the fraction of pilot samples left out), got {trim}")
-    tail = check_finite_number("tail", tail, positive=True)
-    if tail > 1.0:
-        raise ValueError(f"tail must be in (0, 1] (the fraction of pilot samples the score averages), got {tail}")
     if integrator.adaptive:
         raise ValueError(f"{integrator!r} chooses its own steps; calibrate a fixed-grid integrator")
     schedule = model.schedule
@@ -291,11 +274,8 @@ def calibrate_grid(model: Predictor, integrator: Integrator | str, nfe: int, x: 
             return torch.full((x.shape[0],), math.inf, dtype=torch.float64)
         return _mean_squares(model, x, exact, integrator, times, orders)
 
-    def score(squares: Tensor) -> float:
-        return _score(squares, trim, tail)
-
     def better(new: Tensor, old: Tensor) -> bool:
-        return _significantly_better(new, old, significance, score)
+        return _significantly_better(new, old, significance)
 
     baselines = {}
     for name in BASELINE_GRIDS:
@@ -319,10 +299,10 @@ def calibrate_grid(model: Predictor, integrator: Integrator | str, nfe: int, x: 
         def family(power: float) -> Tensor:
             return exponential_lambda_times(schedule, t_start, t_end, n, power)
 
-        power, _, spent = _family_search(lambda p: score(squares_of(family(p))), FAMILY_POWERS, max_runs)
+        power, _, spent = _family_search(lambda p: _score(squares_of(family(p))), FAMILY_POWERS, max_runs)
         runs += spent + 1
         family_times = family(power)
-        start = min(baselines, key=lambda k: score(baselines[k][0]))
+        start = min(baselines, key=lambda k: _score(baselines[k][0]))
         best, best_times = baselines[start][0], torch.tensor(baselines[start][1], dtype=torch.float64)
         family_squares = squares_of(family_times)
         baselines["family"] = (family_squares, tuple(family_times.tolist()))
@@ -345,8 +325,8 @@ def calibrate_grid(model: Predictor, integrator: Integrator | str, nfe: int, x: 
             runs += spent
             if warped is not best:
                 best, best_times = warped, grid_of(controls)
-    best_error = score(best)
+    best_error = _score(best)
     metadata = {"integrator": repr(integrator), "nfe": nfe, "method": method, "schedule": repr(schedule),
-                "pilot_samples": int(x.shape[0]), "pilot_rmse": best_error, "trim": trim, "tail": tail, "significance": significance}
+                "pilot_samples": int(x.shape[0]), "pilot_rmse": best_error, "significance": significance}
     grid = GivenTimes(best_times, metadata)
-    return Calibration(grid, best_error, {k: score(v[0]) for k, v in baselines.items()}, runs, tuple(orders))
+    return Calibration(grid, best_error, {k: _score(v[0]) for k, v in baselines.items()}, runs, tuple(orders))

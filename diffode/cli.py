@@ -641,7 +641,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     reporter.note(f"calibrating {integrator!r} at NFE {args.nfe} on {args.pilots} pilot samples (seed {args.seed})")
     with torch.no_grad():
         calibration = calibrate_grid(model, integrator, args.nfe, pilot, method=args.method, t_start=t_start,
-                                     t_end=t_end, knots=args.knots, max_runs=args.max_runs, trim=args.trim, rtol=rtol)
+                                     t_end=t_end, knots=args.knots, max_runs=args.max_runs,
+                                     significance=args.significance, rtol=rtol)
         reporter.note(f"judging on {args.test} held-out samples (seed {args.seed + 1})")
         exact = study.ground_truth(model, test, t_start, t_end, rtol=rtol, atol=rtol)
         held_out = {}
@@ -882,8 +883,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="search (default: the best standard or one-parameter-family grid, then warped), family "
                         "(that grid alone) or dp (GITS's dynamic programming)")
     p.add_argument("--knots", type=int, default=2, help="interior knots of the search's warp (0: no warp)")
-    p.add_argument("--trim", type=float, default=0.0,
-                   help="fraction of pilot samples with the largest errors the objective leaves out (default 0)")
+    p.add_argument("--significance", type=float, default=2.0,
+                   help="standard errors by which a candidate grid must beat the current best on the pilots")
     p.add_argument("--pilots", type=int, default=256,
                    help="pilot samples to calibrate on (default 256: fewer fit their own mode flips)")
     p.add_argument("--test", type=int, default=256, help="held-out samples to judge on (seed + 1)")

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import diffode as dd
-from diffode.calibrate import BASELINE_GRIDS, _score, calibrate_grid, grid_error
+from diffode.calibrate import BASELINE_GRIDS, calibrate_grid, grid_error
 from diffode.integrators import GivenTimes, get_grid, get_integrator
 from diffode.integrators.grids import (
     AYS_SIGMAS,
@@ -130,18 +130,24 @@ def test_calibrated_grid_beats_every_standard_grid_on_held_out_noise(mixture):
     assert errors["calibrated"] <= best, errors
 
 
-def test_trimmed_and_tail_objectives_average_the_right_samples():
-    squares = torch.tensor([1.0, 4.0, 9.0, 100.0], dtype=torch.float64)
-    assert _score(squares, 0.0) == pytest.approx((114 / 4) ** 0.5)
-    assert _score(squares, 0.25) == pytest.approx((14 / 3) ** 0.5)
-    assert _score(squares, 0.2) == pytest.approx((114 / 4) ** 0.5)  # int(0.2 * 4) = 0 samples left out
-    assert _score(squares, 0.0, 0.5) == pytest.approx((109 / 2) ** 0.5)  # the worst half
-    assert _score(squares, 0.25, 0.5) == pytest.approx((13 / 2) ** 0.5)  # ceil(0.5 * 3) = 2 of the 3 kept
-    assert _score(squares, 0.0, 0.01) == pytest.approx(10.0)  # at least one sample
-    with pytest.raises(ValueError, match="trim must be < 0.5"):
-        calibrate_grid(None, "dpmpp_2m", 5, torch.zeros(2, 3), trim=0.5)
-    with pytest.raises(ValueError, match=r"tail must be in \(0, 1\]"):
-        calibrate_grid(None, "dpmpp_2m", 5, torch.zeros(2, 3), tail=1.5)
+def test_significance_test_rejects_an_improvement_carried_by_a_few_samples():
+    from diffode.calibrate import _significantly_better
+
+    old = torch.full((100,), 1e-4, dtype=torch.float64)
+    old[:2] = 1.0  # two pilots in another mode
+    one_flip_less = old.clone()
+    one_flip_less[0] = 1e-4
+    assert _significantly_better(one_flip_less, old, 0.0)
+    assert not _significantly_better(one_flip_less, old, 2.0)  # one sample carries the whole gain
+    everywhere = old.clone()
+    everywhere[2:] *= 0.5  # every other pilot better: a smaller gain, but a consistent one
+    assert _significantly_better(everywhere, old, 2.0)
+    assert not _significantly_better(old, everywhere, 0.0)
+    with_inf = old.clone()
+    with_inf[5] = float("inf")
+    assert _significantly_better(old, with_inf, 2.0) and not _significantly_better(with_inf, old, 2.0)
+    with pytest.raises(ValueError, match="significance"):
+        calibrate_grid(None, "dpmpp_2m", 5, torch.zeros(2, 3), significance=-1.0)
 
 
 def test_dp_finds_the_cheapest_path():
@@ -211,9 +217,9 @@ def test_calibrate_command_options_reach_the_calibration(tmp_path, capsys):
 
     out = tmp_path / "grid.json"
     assert main(["calibrate", "--integrator", "dpmpp_2m", "--nfe", "4", "-o", str(out), "--pilots", "4", "--test",
-                 "4", "--method", "family", "--max-runs", "12", "--trim", "0.25", "--quiet", "--json"]) == 0
+                 "4", "--method", "family", "--max-runs", "12", "--significance", "0", "--quiet", "--json"]) == 0
     saved = json.loads(out.read_text())
-    assert saved["method"] == "family" and saved["trim"] == 0.25 and saved["significance"] == 2.0
+    assert saved["method"] == "family" and saved["significance"] == 0.0 and len(saved["times"]) == 5
     capsys.readouterr()
-    assert main(["calibrate", "-o", str(out), "--trim", "0.5", "--pilots", "4", "--test", "4", "--quiet"]) == 2
-    assert "trim must be < 0.5" in capsys.readouterr().err
+    assert main(["calibrate", "-o", str(out), "--significance", "-1", "--pilots", "4", "--test", "4", "--quiet"]) == 2
+    assert "significance must be" in capsys.readouterr().err
