@@ -3,21 +3,26 @@ r"""Calibrated time grids: the grid on which an integrator, at a given budget, b
 For a model, an integrator and an NFE budget, :func:`calibrate_grid` looks for the ``n + 1`` times
 (``n`` the number of steps the integrator's plan takes for that budget) that minimise the RMSE of
 the sample against the high-accuracy solution (:func:`diffode.study.ground_truth`) on a few pilot
-trajectories. Two searches:
+trajectories. Three methods:
 
+* ``"search"`` (the default): the best, on the pilots, of the standard grids (:data:`BASELINE_GRIDS`)
+  and of the one-parameter family of equal steps in $e^{-p\lambda}$
+  (:func:`~diffode.integrators.grids.exponential_lambda_times`; $p$ by a scan and a golden-section
+  search), then its $\lambda$ positions warped through a monotone piecewise-linear map of $[0, 1]$
+  with a few knots (``knots=2``), whose heights a coordinate search chooses. Every candidate is
+  scored by the final error of the actual run (any integrator, its warm-up, history and
+  lower-order steps included), and replaces the current best only when it is better by more
+  than ``significance`` standard errors of the paired per-sample difference: at low NFE a
+  few pilots that change mixture component dominate the RMSE, and a grid that merely moves
+  those does not carry over to other noise.
+* ``"family"``: the first two stages alone (no warp).
 * ``"dp"``, as GITS does (Chen et al. 2024): the ground-truth trajectories are recorded at a fine
   set of candidate times (equal steps in $\lambda$); the cost of a step from candidate $i$ to
   candidate $j$ is the RMSE of one step of the integrator from the true state at $i$ against the
   true state at $j$ (a multistep method's first, lower-order step, as it has no history there);
   dynamic programming finds the path of exactly ``n`` steps with the least total cost. The local
-  costs ignore how errors propagate and, for multistep methods, the history.
-* ``"search"`` (the default): start from the best, on the pilots, of the standard grids (``logSNR``,
-  ``time_uniform``, ``time_quadratic``, ``karras``) and the ``"dp"`` grid, and warp its $\lambda$
-  positions through a monotone piecewise-linear map of $[0, 1]$ with a few knots (``knots=4``),
-  whose heights a coordinate search chooses to minimise the final error of the actual run (any
-  integrator, its history and its lower-order steps included). Its pilot error is never worse than
-  its start's. Few knots matter: moving every grid point freely fits the pilots' own error (at NFE
-  5 and 10 on the mixture, with 16 pilots, such grids were 2-3x worse than ``logSNR`` on other noise).
+  costs ignore how errors propagate and, for multistep methods, the history; measured on the
+  mixture, its grids were worse on held-out noise than the best standard grid.
 
 A calibrated grid fits its pilot noise; judge it on other noise (``diffode calibrate`` does). The
 measured gains are in the documentation's "Calibrate a time grid" tutorial.
@@ -37,9 +42,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from diffode._utils import check_choice, check_int, check_tensor
+from diffode._utils import check_choice, check_finite_number, check_int, check_tensor
 from diffode.integrators.base import Integrator
-from diffode.integrators.grids import GivenTimes
+from diffode.integrators.grids import GivenTimes, exponential_lambda_times
 from diffode.integrators.reference import solve_reference
 from diffode.integrators.registry import get_integrator
 from diffode.models.predictor import Predictor
@@ -48,8 +53,10 @@ from diffode.study import ground_truth, rmse
 
 __all__ = ["BASELINE_GRIDS", "Calibration", "calibrate_grid", "grid_error", "step_cost_matrix"]
 
-BASELINE_GRIDS = ("logSNR", "time_uniform", "time_quadratic", "karras")
-METHODS = ("search", "dp")
+BASELINE_GRIDS = ("logSNR", "time_uniform", "time_quadratic", "karras", "ays_sd15")
+METHODS = ("search", "family", "dp")
+#: The exponents :func:`calibrate_grid`'s family scan starts from (0: logSNR, 1/7: Karras, 2: near time_uniform).
+FAMILY_POWERS = (-1.0, -0.5, 0.0, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0)
 
 
 @dataclass
@@ -71,13 +78,24 @@ class Calibration:
     orders: tuple[int, ...] = ()
 
 
+def _mean_squares(model: Predictor, x: Tensor, exact: Tensor, integrator: Integrator, times: Sequence[float] | Tensor,
+                  orders: Sequence[int]) -> Tensor:
+    """Each sample's mean-square error (float64, shape ``(B,)``) after ``integrator`` through ``times``."""
+    with torch.no_grad():
+        out = solve(model, x, integrator, [float(t) for t in times], orders=list(orders)).x
+    squares = (out.double() - exact.double()).square().flatten(1).mean(dim=1)
+    return torch.where(torch.isfinite(squares), squares, torch.full_like(squares, math.inf))
+
+
 def grid_error(model: Predictor, x: Tensor, exact: Tensor, integrator: Integrator, times: Sequence[float] | Tensor,
                orders: Sequence[int]) -> float:
     """The RMSE of ``integrator`` run through ``times`` at ``orders`` from ``x``, against ``exact``."""
-    with torch.no_grad():
-        out = solve(model, x, integrator, [float(t) for t in times], orders=list(orders)).x
-    error = rmse(out, exact)
-    return error if math.isfinite(error) else math.inf
+    return _score(_mean_squares(model, x, exact, integrator, times, orders))
+
+
+def _score(squares: Tensor) -> float:
+    """The RMSE from each sample's mean-square error."""
+    return float(squares.mean().sqrt())
 
 
 def step_cost_matrix(model: Predictor, integrator: Integrator, candidates: Sequence[float], states: Tensor) -> Tensor:
@@ -133,9 +151,24 @@ def _warp(fractions: Tensor, controls: Sequence[float]) -> Tensor:
     return heights[k] + w * (heights[k + 1] - heights[k])
 
 
-def _search(objective, controls: list[float], error: float, max_runs: int) -> tuple[list[float], float, int]:
+def _significantly_better(new: Tensor, old: Tensor, significance: float) -> bool:
+    """Whether per-sample squared errors ``new`` beat ``old`` on their score by more than ``significance``
+    standard errors of the mean paired difference (a few samples that change mode on the pilots
+    otherwise pass for an improvement, and do not carry over to other noise)."""
+    if not _score(new) < _score(old):
+        return False
+    if significance == 0.0:
+        return True
+    d = new - old
+    if not torch.isfinite(d).all():
+        return bool(torch.isfinite(new).all())
+    return float(d.mean()) + significance * float(d.std()) / math.sqrt(d.numel()) < 0.0
+
+
+def _search(objective, controls: list[float], value, better, max_runs: int) -> tuple[list[float], object, int]:
     """Coordinate search on increasing ``controls`` inside (0, 1): move each a fraction of the gap toward
-    a neighbour, keep improvements, halve the fraction when a sweep finds none."""
+    a neighbour, keep moves that ``better(trial, current)`` accepts, halve the fraction when a sweep
+    finds none."""
     runs, fraction = 0, 0.5
     while runs < max_runs and fraction > 1e-3:
         improved = False
@@ -144,37 +177,67 @@ def _search(objective, controls: list[float], error: float, max_runs: int) -> tu
                 padded = [0.0, *controls, 1.0]
                 trial = list(controls)
                 trial[k] = controls[k] + fraction * (padded[k + 1 + direction] - controls[k])
-                value = objective(trial)
+                trial_value = objective(trial)
                 runs += 1
-                if value < error:
-                    controls, error, improved = trial, value, True
+                if better(trial_value, value):
+                    controls, value, improved = trial, trial_value, True
                     break
                 if runs >= max_runs:
-                    return controls, error, runs
+                    return controls, value, runs
         if not improved:
             fraction /= 2
-    return controls, error, runs
+    return controls, value, runs
+
+
+def _family_search(objective, powers: Sequence[float], max_runs: int) -> tuple[float, float, int]:
+    """Minimise ``objective(p)`` over the exponent of :func:`exponential_lambda_times`: scan ``powers``,
+    then golden-section search in the bracket around the best. Returns ``(p, value, runs)``."""
+    values = [objective(p) for p in powers]
+    runs = len(powers)
+    k = min(range(len(powers)), key=values.__getitem__)
+    best_p, best = powers[k], values[k]
+    a, b = powers[max(k - 1, 0)], powers[min(k + 1, len(powers) - 1)]
+    ratio = (math.sqrt(5) - 1) / 2
+    c, d = b - ratio * (b - a), a + ratio * (b - a)
+    fc, fd = objective(c), objective(d)
+    runs += 2
+    while runs < max_runs and b - a > 1e-3:
+        if fc <= fd:
+            b, d, fd = d, c, fc
+            c = b - ratio * (b - a)
+            fc = objective(c)
+        else:
+            a, c, fc = c, d, fd
+            d = a + ratio * (b - a)
+            fd = objective(d)
+        runs += 1
+    for p, value in ((c, fc), (d, fd)):
+        if value < best:
+            best_p, best = p, value
+    return best_p, best, runs
 
 
 def calibrate_grid(model: Predictor, integrator: Integrator | str, nfe: int, x: Tensor, *, method: str = "search",
                    exact: Tensor | None = None, t_start: float | None = None, t_end: float | None = None,
-                   candidates: int | None = None, knots: int = 4, max_runs: int = 200,
-                   rtol: float = 1e-7) -> Calibration:
+                   candidates: int | None = None, knots: int = 2, max_runs: int = 200, significance: float = 2.0, rtol: float = 1e-7) -> Calibration:
     """The grid on which ``integrator`` with ``nfe`` evaluations best reproduces the ODE's solution from ``x``.
 
     Args:
         model: The model (a :class:`~diffode.models.Predictor`).
         integrator: A fixed-grid integrator, a registered name or ``package.module:name``.
         nfe: The budget; the integrator's plan for it says how many steps the grid has.
-        x: The pilot noise at ``t_start`` (a few samples; judge the result on other noise).
-        method: ``"search"`` (default) or ``"dp"`` (see the module docstring).
+        x: The pilot noise at ``t_start`` (judge the result on other noise).
+        method: ``"search"`` (default), ``"family"`` or ``"dp"`` (see the module docstring).
         exact: The ground truth at ``t_end`` from ``x`` (default: computed with ``rtol``).
         t_start: The first time (default the schedule's ``T``).
         t_end: The last time (default the schedule's ``default_t_end``).
         candidates: How many candidate times the ``"dp"`` step uses (default ``max(6 n, 48) + 1``).
-        knots: How many interior knots the ``"search"``'s warp has (at most ``n - 1``): few knots keep
-            the grid smooth, which is what carries over to other noise.
-        max_runs: The most sampling runs the ``"search"`` may spend.
+        knots: How many interior knots the ``"search"``'s warp has (at most ``n - 1``; 0: the family's
+            grid alone): few knots keep the grid smooth, which is what carries over to other noise.
+        max_runs: The most sampling runs the ``"search"`` (and the family's scan) may spend.
+        significance: A grid replaces the current best (the best standard grid, then the family's,
+            then each warp) only when its pilot error is lower by more than this many standard errors
+            of the paired per-sample difference (0: whenever it is lower).
         rtol: Tolerance of the ground truth (and of the ``"dp"`` trajectories).
 
     Returns:
@@ -189,6 +252,8 @@ def calibrate_grid(model: Predictor, integrator: Integrator | str, nfe: int, x: 
     method = check_choice("method", method, METHODS)
     nfe = check_int("nfe", nfe, low=1)
     max_runs = check_int("max_runs", max_runs, low=0)
+    knots = check_int("knots", knots, low=0)
+    significance = check_finite_number("significance", significance, nonnegative=True)
     if integrator.adaptive:
         raise ValueError(f"{integrator!r} chooses its own steps; calibrate a fixed-grid integrator")
     schedule = model.schedule
@@ -203,53 +268,65 @@ def calibrate_grid(model: Predictor, integrator: Integrator | str, nfe: int, x: 
         if exact is None:
             exact = ground_truth(model, x, t_start, t_end, rtol=rtol, atol=rtol)
 
+    def squares_of(times: Sequence[float] | Tensor) -> Tensor:
+        d = torch.as_tensor(times, dtype=torch.float64).diff()
+        if not ((d < 0).all() or (d > 0).all()):
+            return torch.full((x.shape[0],), math.inf, dtype=torch.float64)
+        return _mean_squares(model, x, exact, integrator, times, orders)
+
+    def better(new: Tensor, old: Tensor) -> bool:
+        return _significantly_better(new, old, significance)
+
     baselines = {}
     for name in BASELINE_GRIDS:
         times = integrator.plan(schedule, nfe, grid=name, t_start=t_start, t_end=t_end).times
-        baselines[name] = (grid_error(model, x, exact, integrator, times, orders), times)
+        baselines[name] = (squares_of(times), tuple(times))
     runs = len(BASELINE_GRIDS)
 
-    lam_start, lam_end = (p.lam for p in schedule.points([t_start, t_end]))
-    m = (max(6 * n, 48) + 1) if candidates is None else check_int("candidates", candidates, low=n + 1)
-    lam_candidates = torch.linspace(lam_start, lam_end, m, dtype=torch.float64)
-    cand_times = schedule.inverse_lambda(lam_candidates)
-    cand_times[0], cand_times[-1] = t_start, t_end
-    with torch.no_grad():
-        states = solve_reference(model, x, t_start, t_end, times=cand_times[1:-1], rtol=rtol, atol=rtol).xs
-    states = torch.cat([x.unsqueeze(0), states, exact.unsqueeze(0)])
-    cost = step_cost_matrix(model, integrator, cand_times.tolist(), states)
-    runs += m * (m - 1) // 2
-    path = _cheapest_path(cost, n)
-    dp_times = cand_times[path]
-    dp_error = grid_error(model, x, exact, integrator, dp_times, orders)
     if method == "dp":
-        best_times, best_error = dp_times, dp_error
+        lam_start, lam_end = (p.lam for p in schedule.points([t_start, t_end]))
+        m = (max(6 * n, 48) + 1) if candidates is None else check_int("candidates", candidates, low=n + 1)
+        cand_times = schedule.inverse_lambda(torch.linspace(lam_start, lam_end, m, dtype=torch.float64))
+        cand_times[0], cand_times[-1] = t_start, t_end
+        with torch.no_grad():
+            states = solve_reference(model, x, t_start, t_end, times=cand_times[1:-1], rtol=rtol, atol=rtol).xs
+        states = torch.cat([x.unsqueeze(0), states, exact.unsqueeze(0)])
+        cost = step_cost_matrix(model, integrator, cand_times.tolist(), states)
+        runs += m * (m - 1) // 2
+        best_times = cand_times[_cheapest_path(cost, n)]
+        best = squares_of(best_times)
     else:
-        baselines["dp"] = (dp_error, tuple(dp_times.tolist()))
-        start = min(baselines, key=lambda k: baselines[k][0])
-        start_error, start_times = baselines[start]
-        lam0 = torch.tensor([p.lam for p in schedule.points(list(start_times))], dtype=torch.float64)
-        fractions = (lam0 - lam_start) / (lam_end - lam_start)
+        def family(power: float) -> Tensor:
+            return exponential_lambda_times(schedule, t_start, t_end, n, power)
 
-        def grid_of(controls: Sequence[float]) -> Tensor:
-            lam = lam_start + _warp(fractions, controls) * (lam_end - lam_start)
-            times = schedule.inverse_lambda(lam)
-            times[0], times[-1] = t_start, t_end
-            return times
-
-        def objective(controls: Sequence[float]) -> float:
-            times = grid_of(controls)
-            d = times.diff()
-            if not ((d < 0).all() or (d > 0).all()):
-                return math.inf
-            return grid_error(model, x, exact, integrator, times, orders)
-
+        power, _, spent = _family_search(lambda p: _score(squares_of(family(p))), FAMILY_POWERS, max_runs)
+        runs += spent + 1
+        family_times = family(power)
+        start = min(baselines, key=lambda k: _score(baselines[k][0]))
+        best, best_times = baselines[start][0], torch.tensor(baselines[start][1], dtype=torch.float64)
+        family_squares = squares_of(family_times)
+        baselines["family"] = (family_squares, tuple(family_times.tolist()))
+        if better(family_squares, best):
+            best, best_times = family_squares, family_times
         k = min(knots, n - 1)
-        identity = [(j + 1) / (k + 1) for j in range(k)]
-        controls, best_error, spent = _search(objective, identity, start_error, max_runs)
-        runs += spent
-        best_times = grid_of(controls) if best_error < start_error else torch.tensor(start_times, dtype=torch.float64)
+        if method == "search" and k > 0 and runs < max_runs:
+            lam0 = schedule.lambda_(best_times)
+            fractions = (lam0 - lam0[0]) / (lam0[-1] - lam0[0])
+
+            def grid_of(controls: Sequence[float]) -> Tensor:
+                lam = lam0[0] + _warp(fractions, controls) * (lam0[-1] - lam0[0])
+                times = schedule.inverse_lambda(lam)
+                times[0], times[-1] = t_start, t_end
+                return times
+
+            identity = [(j + 1) / (k + 1) for j in range(k)]
+            controls, warped, spent = _search(lambda c: squares_of(grid_of(c)), identity, best, better,
+                                              max_runs - runs)
+            runs += spent
+            if warped is not best:
+                best, best_times = warped, grid_of(controls)
+    best_error = _score(best)
     metadata = {"integrator": repr(integrator), "nfe": nfe, "method": method, "schedule": repr(schedule),
-                "pilot_samples": int(x.shape[0]), "pilot_rmse": best_error}
+                "pilot_samples": int(x.shape[0]), "pilot_rmse": best_error, "significance": significance}
     grid = GivenTimes(best_times, metadata)
-    return Calibration(grid, best_error, {k: v[0] for k, v in baselines.items()}, runs, tuple(orders))
+    return Calibration(grid, best_error, {k: _score(v[0]) for k, v in baselines.items()}, runs, tuple(orders))

@@ -641,7 +641,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     reporter.note(f"calibrating {integrator!r} at NFE {args.nfe} on {args.pilots} pilot samples (seed {args.seed})")
     with torch.no_grad():
         calibration = calibrate_grid(model, integrator, args.nfe, pilot, method=args.method, t_start=t_start,
-                                     t_end=t_end, max_runs=args.max_runs, rtol=rtol)
+                                     t_end=t_end, knots=args.knots, max_runs=args.max_runs,
+                                     significance=args.significance, rtol=rtol)
         reporter.note(f"judging on {args.test} held-out samples (seed {args.seed + 1})")
         exact = study.ground_truth(model, test, t_start, t_end, rtol=rtol, atol=rtol)
         held_out = {}
@@ -878,10 +879,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--integrator", default="dpmpp_2m", help="a fixed-grid integrator (see diffode list)")
     p.add_argument("--option", action="append", metavar="KEY=VALUE", help="integrator option, repeatable")
     p.add_argument("--nfe", type=int, default=10, help="the budget of model evaluations")
-    p.add_argument("--method", choices=["search", "dp"], default="search",
-                   help="search (default: warp the best standard grid) or dp (GITS's dynamic programming)")
-    p.add_argument("--pilots", type=int, default=32, help="pilot samples to calibrate on")
-    p.add_argument("--test", type=int, default=64, help="held-out samples to judge on (seed + 1)")
+    p.add_argument("--method", choices=["search", "family", "dp"], default="search",
+                   help="search (default: the best standard or one-parameter-family grid, then warped), family "
+                        "(that grid alone) or dp (GITS's dynamic programming)")
+    p.add_argument("--knots", type=int, default=2, help="interior knots of the search's warp (0: no warp)")
+    p.add_argument("--significance", type=float, default=2.0,
+                   help="standard errors by which a candidate grid must beat the current best on the pilots")
+    p.add_argument("--pilots", type=int, default=256,
+                   help="pilot samples to calibrate on (default 256: fewer fit their own mode flips)")
+    p.add_argument("--test", type=int, default=256, help="held-out samples to judge on (seed + 1)")
     p.add_argument("--seed", type=int, default=0, help="seed of the pilot noise")
     p.add_argument("--max-runs", type=int, default=200, help="most sampling runs of the search")
     p.add_argument("--rtol", type=float, default=None, help="ground-truth tolerance (default 1e-8; 1e-6 for networks)")

@@ -22,7 +22,7 @@ from diffode._utils import check_choice, check_finite_number, check_int
 from diffode.schedules.base import NoiseSchedule
 
 __all__ = ["AYS_SIGMAS", "GivenTimes", "Karras", "SigmaTable", "TimeGrid", "TimeQuadratic", "UniformLambda",
-           "UniformTime", "get_grid", "load_grid", "loglinear_interp"]
+           "UniformTime", "exponential_lambda_times", "get_grid", "load_grid", "loglinear_interp"]
 
 
 def check_grid_args(schedule: NoiseSchedule, t_start: float, t_end: float, n: int) -> tuple[float, float, int]:
@@ -41,6 +41,37 @@ def check_grid_args(schedule: NoiseSchedule, t_start: float, t_end: float, n: in
     if min(t_start, t_end) <= 0.0:
         raise ValueError(f"a time grid needs t > 0 (lambda is infinite at t = 0), got t_start={t_start}, t_end={t_end}")
     return t_start, t_end, n
+
+
+def exponential_lambda_times(schedule: NoiseSchedule, t_start: float, t_end: float, n: int, power: float) -> Tensor:
+    r"""The ``n + 1`` times at equal steps in $e^{-p\lambda}$ (in $\lambda$ itself for $p = 0$).
+
+    One family holds several named grids: $p = 0$ is ``logSNR``, $p = 1/\rho$ is Karras's grid
+    ($e^{-\lambda} = \sigma/\alpha$), $p < 0$ puts more steps at low noise than ``logSNR`` does. On a
+    VP path near $t = 0$, $e^{-2\lambda} \approx \sigma^2 \propto t$, so $p = 2$ and $p = 1$ resemble
+    ``time_uniform`` and ``time_quadratic`` there.
+
+    Args:
+        schedule: The schedule.
+        t_start: The first time.
+        t_end: The last time.
+        n: The number of steps.
+        power: The exponent $p$ (any finite number).
+    """
+    t_start, t_end, n = check_grid_args(schedule, t_start, t_end, n)
+    power = check_finite_number("power", power)
+    lam = schedule.lambda_(torch.tensor([t_start, t_end], dtype=torch.float64))
+    if power == 0.0:
+        lam_grid = torch.linspace(float(lam[0]), float(lam[1]), n + 1, dtype=torch.float64)
+    else:
+        # In log space: e^{-p lambda} over- or underflows for large |p lambda|.
+        a, b = (-power * lam).tolist()
+        shift = max(a, b)
+        ramp = torch.linspace(math.exp(a - shift), math.exp(b - shift), n + 1, dtype=torch.float64)
+        lam_grid = -(torch.log(ramp) + shift) / power
+    t = schedule.inverse_lambda(lam_grid)
+    t[0], t[-1] = t_start, t_end
+    return t
 
 
 class TimeGrid(abc.ABC):
@@ -77,11 +108,7 @@ class UniformLambda(TimeGrid):
     uniform_in_lambda = True
 
     def times(self, schedule: NoiseSchedule, t_start: float, t_end: float, n: int) -> Tensor:
-        t_start, t_end, n = check_grid_args(schedule, t_start, t_end, n)
-        lam = schedule.lambda_(torch.tensor([t_start, t_end], dtype=torch.float64))
-        t = schedule.inverse_lambda(torch.linspace(float(lam[0]), float(lam[1]), n + 1, dtype=torch.float64))
-        t[0], t[-1] = t_start, t_end
-        return t
+        return exponential_lambda_times(schedule, t_start, t_end, n, 0.0)
 
 
 class TimeQuadratic(TimeGrid):
@@ -106,13 +133,7 @@ class Karras(TimeGrid):
         return f"Karras(rho={self.rho})"
 
     def times(self, schedule: NoiseSchedule, t_start: float, t_end: float, n: int) -> Tensor:
-        t_start, t_end, n = check_grid_args(schedule, t_start, t_end, n)
-        lam = schedule.lambda_(torch.tensor([t_start, t_end], dtype=torch.float64))
-        a, b = torch.exp(-lam / self.rho).tolist()
-        ramp = torch.linspace(a, b, n + 1, dtype=torch.float64)
-        t = schedule.inverse_lambda(-self.rho * torch.log(ramp))
-        t[0], t[-1] = t_start, t_end
-        return t
+        return exponential_lambda_times(schedule, t_start, t_end, n, 1.0 / self.rho)
 
 
 class GivenTimes(TimeGrid):
