@@ -38,7 +38,7 @@ Mode flips: a sample whose end point lies in another mixture component (mixture,
 nearest to a training image of another class (digits) than its ground truth's. The tables give the
 plain RMSE, and the flip count with the RMSE over the other samples beside it.
 
-    python benchmarks/accuracy.py                 # all three problems, writes results/accuracy.md (~20 min)
+    python benchmarks/accuracy.py                 # all three problems, writes results/accuracy.md (~30 min, 2 busy cores)
     python benchmarks/accuracy.py --quick         # smaller batches, fewer candidates: a smoke run
     python benchmarks/accuracy.py --problems mixture --no-write
 """
@@ -641,8 +641,8 @@ def main(argv=None) -> int:
     parser.add_argument("--nfe", nargs="+", type=int, default=list(NFES))
     parser.add_argument("--grids", nargs="+", default=list(GRIDS))
     parser.add_argument("--integrators", nargs="+", default=None, help="diffode integrators (default: all)")
-    parser.add_argument("--batch", type=int, default=64, help="samples of the mixture and ring problems")
-    parser.add_argument("--digits-batch", type=int, default=16, help="samples of the digits problem")
+    parser.add_argument("--batch", type=int, default=32, help="samples of the mixture and ring problems")
+    parser.add_argument("--digits-batch", type=int, default=8, help="samples of the digits problem")
     parser.add_argument("--ring-steps", type=int, default=1500, help="Adam steps of the ring MLP")
     parser.add_argument("--seed", type=int, default=0, help="seed of the judged noise")
     parser.add_argument("--pilot-seed", type=int, default=1, help="seed of the calibration pilots (not --seed)")
