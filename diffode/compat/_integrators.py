@@ -27,6 +27,7 @@ from diffode.schedules.base import NoiseSchedule, TimePoint
 
 __all__ = ["Primed", "ReferenceController", "ReferenceMultistep"]
 
+
 class ReferenceMultistep(DPMSolverMultistep):
     r"""Multistep DPM-Solver with the reference's order-3 weights ($\varphi_3$ on the second difference)."""
 

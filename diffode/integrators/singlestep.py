@@ -223,9 +223,9 @@ class DPMSolverSinglestep(ExponentialIntegrator):
 
 def _check_stages(stages: str | TimeGrid) -> str | TimeGrid:
     """``"lambda"``, or the grid (from its name or instance) whose rule places the stages."""
-    if stages == "lambda":
+    if isinstance(stages, str) and stages == "lambda":
         return stages
-    if stages == "grid":
+    if isinstance(stages, str) and stages == "grid":
         raise ValueError("stages='grid' needs the grid itself here: pass its name (stages='time_quadratic') or a "
                          "TimeGrid; DPMSolver.sample(..., stages='grid') takes it from skip_type")
     if not isinstance(stages, (str, TimeGrid)):

@@ -112,6 +112,8 @@ def test_bad_stages():
         DPMSolverSinglestep(3, stages="time_cubic")
     with pytest.raises(TypeError, match="stages must be"):
         DPMSolverSinglestep(3, stages=3)
+    with pytest.raises(TypeError, match="stages must be"):
+        DPMSolverSinglestep(3, stages=torch.tensor([1.0, 0.5]))
     with pytest.raises(ValueError, match="pass one or the other"):
         DPMSolverSinglestep(3, r1=0.4, stages="time_uniform")
     model, x, _ = reference("linear", "mixture2")
