@@ -99,22 +99,27 @@ class DPMSolver:
         """$x_t = \\alpha_t x_0 + \\sigma_t\\epsilon$ (see :meth:`NoiseSchedule.add_noise`)."""
         return self.schedule.add_noise(x0, t, noise)
 
-    def integrator(self, method: str, order: int, solver_type: str = "dpmsolver", warmup: str = "lower_order") -> Integrator:
-        """The integrator a ``method`` and ``order`` stand for."""
+    def integrator(self, method: str, order: int, solver_type: str = "dpmsolver", warmup: str = "lower_order",
+                   stages: str | TimeGrid = "lambda") -> Integrator:
+        """The integrator a ``method`` and ``order`` stand for (``stages``: see :class:`~diffode.integrators.DPMSolverSinglestep`)."""
         check_choice("method", method, METHODS)
+        if method in ("multistep", "adaptive") and not (isinstance(stages, str) and stages == "lambda"):
+            raise ValueError(f"stages={stages!r} places the inner stages of singlestep methods; method={method!r} "
+                             "has none (leave stages='lambda')")
         if method == "multistep":
             return DPMSolverMultistep(order, self.predict, solver_type, warmup=warmup)
         if method == "adaptive":
             return DPMSolverAdaptive(order, self.predict, solver_type)
         split = "fast" if method == "singlestep" else "fixed"
-        return DPMSolverSinglestep(order, self.predict, solver_type, split=split)
+        return DPMSolverSinglestep(order, self.predict, solver_type, split=split, stages=stages)
 
     def sample(self, x: Tensor, steps: int = 20, t_start: float | None = None, t_end: float | None = None,
                order: int = 2, skip_type: str | TimeGrid | Sequence[float] = "time_uniform", method: str = "multistep", lower_order_final: bool = True,
                denoise_to_zero: bool = False, solver_type: str = "dpmsolver", atol: float = 0.0078,
                rtol: float = 0.05, return_intermediate: bool = False, warmup: str = "lower_order",
                integrator: Integrator | str | None = None, generator: torch.Generator | None = None,
-               seeds: Sequence[int] | Tensor | None = None) -> Tensor | tuple[Tensor, list[Tensor]]:
+               seeds: Sequence[int] | Tensor | None = None,
+               stages: str | TimeGrid = "lambda") -> Tensor | tuple[Tensor, list[Tensor]]:
         """Sample from ``x`` at ``t_start`` (default T) down to ``t_end`` (default 1/N or 1e-3).
 
         Args:
@@ -145,6 +150,10 @@ class DPMSolver:
                 ``torch.Generator`` of its draws.
             seeds: Or one seed per sample, so that each sample depends on its own seed only (see
                 :func:`~diffode.solve`; the ODE integrators ignore both).
+            stages: For the singlestep methods, where each step's inner stages go: ``"lambda"``
+                (fixed fractions of the step in $\\lambda$), ``"grid"`` (where ``skip_type`` puts
+                them, as the reference DPM-Solver does) or a grid of their own (see
+                :class:`~diffode.integrators.DPMSolverSinglestep`).
 
         Returns:
             The sample, or the pair ``(sample, intermediates)`` with ``return_intermediate``. The
@@ -154,13 +163,14 @@ class DPMSolver:
         t_end = self.schedule.default_t_end if t_end is None else t_end
         return self._run(x, steps, t_start, t_end, order, skip_type, method, lower_order_final, denoise_to_zero,
                          solver_type, atol, rtol, return_intermediate, warmup, integrator, direction=-1,
-                         noise=noise_source(None, generator, seeds))
+                         noise=noise_source(None, generator, seeds), stages=stages)
 
     def inverse(self, x: Tensor, steps: int = 20, t_start: float | None = None, t_end: float | None = None,
                 order: int = 2, skip_type: str | TimeGrid | Sequence[float] = "time_uniform", method: str = "multistep", lower_order_final: bool = True,
                 denoise_to_zero: bool = False, solver_type: str = "dpmsolver", atol: float = 0.0078,
                 rtol: float = 0.05, return_intermediate: bool = False, warmup: str = "lower_order",
-                integrator: Integrator | str | None = None) -> Tensor | tuple[Tensor, list[Tensor]]:
+                integrator: Integrator | str | None = None,
+                stages: str | TimeGrid = "lambda") -> Tensor | tuple[Tensor, list[Tensor]]:
         """Run the ODE forwards, from data at ``t_start`` (default 1/N or 1e-3) to noise at ``t_end`` (default T).
 
         Takes the arguments of :meth:`sample`; DDIM inversion is ``order=1``.
@@ -168,10 +178,10 @@ class DPMSolver:
         t_start = self.schedule.default_t_end if t_start is None else t_start
         t_end = self.schedule.T if t_end is None else t_end
         return self._run(x, steps, t_start, t_end, order, skip_type, method, lower_order_final, denoise_to_zero,
-                         solver_type, atol, rtol, return_intermediate, warmup, integrator, direction=1)
+                         solver_type, atol, rtol, return_intermediate, warmup, integrator, direction=1, stages=stages)
 
     def _run(self, x, steps, t_start, t_end, order, skip_type, method, lower_order_final, denoise_to_zero,
-             solver_type, atol, rtol, return_intermediate, warmup, integrator, direction, noise=None):
+             solver_type, atol, rtol, return_intermediate, warmup, integrator, direction, noise=None, stages="lambda"):
         # Validate everything before the first model evaluation, whatever the method ignores.
         x = check_tensor("x", x)
         steps = check_int("steps", steps, low=1)
@@ -188,11 +198,14 @@ class DPMSolver:
         controller = AdaptiveController(atol=atol, rtol=rtol)
         grid = get_grid(skip_type)
         t_start, t_end = self.schedule.check_interval(t_start, t_end, towards="data" if direction < 0 else "noise")
+        if isinstance(stages, str) and stages == "grid":
+            stages = grid
         if integrator is None:
-            integrator = self.integrator(method, order, solver_type, warmup)
+            integrator = self.integrator(method, order, solver_type, warmup, stages)
         else:
-            described = dict(method=method, order=order, solver_type=solver_type, warmup=warmup)
-            defaults = dict(method="multistep", order=2, solver_type="dpmsolver", warmup="lower_order")
+            described = dict(method=method, order=order, solver_type=solver_type, warmup=warmup,
+                             stages=stages if isinstance(stages, str) else "a grid")
+            defaults = dict(method="multistep", order=2, solver_type="dpmsolver", warmup="lower_order", stages="lambda")
             changed = [name for name in described if described[name] != defaults[name]]
             if changed:
                 raise ValueError(f"integrator= replaces {', '.join(changed)}; pass one or the other")

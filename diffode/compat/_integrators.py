@@ -1,16 +1,18 @@
-r"""The two places where the reference's numbers differ from diffode's native integrators, as subclasses.
+r"""The place where the reference's numbers differ from diffode's native integrators, as a subclass,
+and the compat module's helpers.
 
 * :class:`ReferenceMultistep`: the reference's multistep order-3 update weights the second divided
   difference by $\varphi_3$ where the Taylor expansion needs $2\varphi_3$ (so it is asymptotically
   second order); it is diffode's multistep method with the factors $[\varphi_1, \varphi_2, \varphi_3]$.
-* :class:`InnerGridSinglestep`: the reference's singlestep methods place the intermediate points of
-  each step where the time grid of the step's own skip type puts them (``r1, r2`` depend on the
-  step), not at fixed fractions of $h$.
+
+(The reference's singlestep methods place the intermediate points of each step where the time grid
+of the step's own skip type puts them; that is the native
+:class:`~diffode.integrators.DPMSolverSinglestep` with ``stages=`` that grid.)
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import math
 
@@ -18,16 +20,12 @@ import torch
 from torch import Tensor
 
 from diffode.controllers import AdaptiveController
-from diffode.integrators.base import State, Update
 from diffode.integrators.coefficients import phis
 from diffode.integrators.multistep import DPMSolverMultistep
-from diffode.integrators.singlestep import DPMSolverSinglestep, run_stages, stages_for
 from diffode.models.predictor import Predictor
 from diffode.schedules.base import NoiseSchedule, TimePoint
 
-__all__ = ["InnerGridSinglestep", "Primed", "ReferenceController", "ReferenceMultistep"]
-
-Ratios = Callable[[TimePoint, TimePoint, int], tuple[float | None, float | None]]
+__all__ = ["Primed", "ReferenceController", "ReferenceMultistep"]
 
 
 class ReferenceMultistep(DPMSolverMultistep):
@@ -36,27 +34,6 @@ class ReferenceMultistep(DPMSolverMultistep):
     def update_factors(self, n_nodes: int, z: float):
         """``[phi_1, phi_2, phi_3]`` for three nodes (the reference), the exact factors otherwise."""
         return phis(3, z) if n_nodes == 3 else None
-
-
-class InnerGridSinglestep(DPMSolverSinglestep):
-    """Singlestep DPM-Solver whose ``r1, r2`` come from a function of the step.
-
-    Args:
-        order: The highest order used (1, 2 or 3).
-        predict: ``"data"`` or ``"noise"``.
-        solver_type: ``"dpmsolver"`` or ``"taylor"``.
-        ratios: ``ratios(s, t, order) -> (r1, r2)`` for the step from ``s`` to ``t`` (``None`` for
-            the defaults).
-    """
-
-    def __init__(self, order: int, predict: str, solver_type: str, ratios: Ratios):
-        super().__init__(order, predict, solver_type)
-        self.ratios = ratios
-
-    def _step(self, model: Predictor, x: Tensor, s: TimePoint, t: TimePoint, state: State, order: int) -> Update:
-        r1, r2 = self.ratios(s, t, order)
-        x_t, _, _ = run_stages(self, model, x, s, t, stages_for(order, self.solver_type, r1, r2), self.evaluate(model, x, s))
-        return Update(x_t)
 
 
 class Primed(Predictor):

@@ -96,7 +96,7 @@ from diffode.models.predictor import Predictor, resolve_point
 from diffode.schedules.base import TimePoint
 from diffode.solve import solve, solve_adaptive
 
-from diffode.compat._integrators import InnerGridSinglestep, Primed, ReferenceController, ReferenceMultistep
+from diffode.compat._integrators import Primed, ReferenceController, ReferenceMultistep
 from diffode.compat._model import ModelFunction, NoiseFunction, model_wrapper
 from diffode.compat._schedule import NoiseScheduleVP, ReferenceSchedule, expand_dims, interpolate_fn, schedule_view
 
@@ -288,15 +288,6 @@ class DPM_Solver(_GenerationDispatch):
         orders = integrator.plan_orders(steps)
         grid = _ReferenceGrid(self, skip_type, device)
         return integrator.plan_times(self._schedule, grid, t_T, t_0, orders).to(device), orders
-
-    def _inner_ratios(self, skip_type: str, s: float, t: float, order: int, device) -> tuple[float | None, float | None]:
-        if order <= 1:
-            return None, None
-        lam = self.noise_schedule.marginal_lambda(self.get_time_steps(skip_type, s, t, order, device)).reshape(-1)
-        h = lam[-1] - lam[0]
-        r1 = float((lam[1] - lam[0]) / h)
-        r2 = float((lam[2] - lam[0]) / h) if order > 2 else None
-        return r1, r2
 
     # -- single updates (the reference's public helpers) -----------------------------------------
 
@@ -560,9 +551,8 @@ class DPM_Solver(_GenerationDispatch):
             timesteps = self.get_time_steps(skip_type, t_T, t_0, len(orders), x.device)
         if not orders:
             return x, ([] if return_intermediate else None), -1, 0
-        device = x.device
-        integrator = InnerGridSinglestep(max(orders), self._kind(), solver_type,
-                                         lambda s, t, k: self._inner_ratios(skip_type, s.t, t.t, k, device))
+        integrator = DPMSolverSinglestep(max(orders), self._kind(), solver_type,
+                                         stages=_ReferenceGrid(self, skip_type, x.device))
         correct = self.correcting_xt_fn
 
         def after_step(x_new, _t, index):

@@ -10,11 +10,11 @@ from torch import Tensor
 
 from diffode._utils import check_choice, check_finite_number
 from diffode.integrators.base import ExponentialIntegrator, State, Update, exponential_update, point_at_lambda
-from diffode.integrators.grids import GivenTimes, TimeGrid
+from diffode.integrators.grids import GivenTimes, SigmaTable, TimeGrid, get_grid
 from diffode.models.predictor import Predictor
 from diffode.schedules.base import NoiseSchedule, TimePoint
 
-__all__ = ["DPMSolverSinglestep", "Stage", "run_stages", "singlestep_orders", "stages_for"]
+__all__ = ["DPMSolverSinglestep", "Stage", "grid_stage_fractions", "run_stages", "singlestep_orders", "stages_for"]
 
 SPLITS = ("fast", "fixed")
 
@@ -51,6 +51,36 @@ def stages_for(order: int, solver_type: str, r1: float | None = None, r2: float 
 
 
 STAGES = {(k, st): stages_for(k, st) for k in (1, 2, 3) for st in ("dpmsolver", "taylor")}
+
+
+def grid_stage_fractions(schedule: NoiseSchedule, grid: TimeGrid, s: float, t: float, order: int) -> tuple[float, ...]:
+    r"""Where ``grid`` puts the inner stages of an order-``order`` step from ``s`` to ``t``, as fractions of the step.
+
+    The reference DPM-Solver's rule for its singlestep methods: the grid's own ``order`` steps from
+    ``s`` to ``t`` give the stage times $s_1, \dots, s_{k-1}$, and
+    $r_i = (\lambda_{s_i} - \lambda_{s_0}) / (\lambda_{s_k} - \lambda_{s_0})$. On an equal-$\lambda$
+    grid these are $1/2$ (order 2) and $1/3, 2/3$ (order 3); on a grid equal in $t$ or $\sqrt t$ they
+    follow that grid, and DPM-Solver-fast's steps with their stages then cover exactly the grid of
+    ``nfe`` intervals.
+
+    Args:
+        schedule: The noise schedule.
+        grid: A grid whose times depend on the interval (not :class:`~diffode.integrators.GivenTimes`).
+        s: The step's start time.
+        t: The step's end time.
+        order: The step's order (the number of stages).
+
+    Returns:
+        The ``order - 1`` fractions $r_1 < r_2 < \dots$ (empty for order 1).
+    """
+    if order <= 1:
+        return ()
+    # In the grid's own dtype (the reference's float32 grids give the reference's fractions).
+    lam = schedule.lambda_(grid.times(schedule, s, t, order)).reshape(-1)
+    if lam.numel() != order + 1:
+        raise ValueError(f"{grid!r} gave {lam.numel()} times for {order} steps from t={s:.6g} to t={t:.6g}; the stages "
+                         "of a singlestep step need a grid rule whose times follow the interval")
+    return tuple(((lam[1:-1] - lam[0]) / (lam[-1] - lam[0])).tolist())
 
 
 def singlestep_orders(nfe: int, order: int) -> list[int]:
@@ -123,6 +153,14 @@ class DPMSolverSinglestep(ExponentialIntegrator):
             and 1 that use every evaluation, :func:`singlestep_orders`; the step ends taken from the
             grid of ``nfe`` points, or equal in $\lambda$ on a ``logSNR`` grid, as the reference does)
             or ``"fixed"`` (every step of ``order``, ``nfe // order`` steps).
+        stages: Where the inner stages of a step go: ``"lambda"`` (at the fixed fractions $r_1, r_2$
+            of $h$) or a grid (a name such as ``"time_quadratic"``, or a
+            :class:`~diffode.integrators.TimeGrid`) whose own ``k`` steps from $s$ to $t$ place the
+            stages of an order-``k`` step (:func:`grid_stage_fractions`, the reference DPM-Solver's
+            rule; :class:`~diffode.DPMSolver`'s ``sample(..., stages="grid")`` passes its
+            ``skip_type``). With the sampling grid itself, DPM-Solver-fast's stages and step ends
+            together are that grid's ``nfe`` intervals, and the results equal the reference's. On
+            ``logSNR`` both choices are the same.
 
     ??? cite "Reference"
         Lu et al., *DPM-Solver: A Fast ODE Solver for Diffusion Probabilistic Model Sampling in
@@ -130,8 +168,13 @@ class DPMSolverSinglestep(ExponentialIntegrator):
     """
 
     def __init__(self, order: int = 3, predict: str = "data", solver_type: str = "dpmsolver",
-                 r1: float | None = None, r2: float | None = None, split: str = "fast"):
+                 r1: float | None = None, r2: float | None = None, split: str = "fast",
+                 stages: str | TimeGrid = "lambda"):
         super().__init__(order, predict, solver_type)
+        self.stages = _check_stages(stages)
+        if self.stages != "lambda" and (r1 is not None or r2 is not None):
+            raise ValueError(f"r1 and r2 fix the stages' fractions of the step; with stages={stages!r} the grid "
+                             "places them: pass one or the other")
         for name, r in (("r1", r1), ("r2", r2)):
             if r is not None and not 0.0 < check_finite_number(name, r) < 1.0:
                 raise ValueError(f"{name} must lie in (0, 1), got {r}")
@@ -144,8 +187,9 @@ class DPMSolverSinglestep(ExponentialIntegrator):
                         for k in (1, 2, 3)}
 
     def __repr__(self) -> str:
+        stages = "" if self.stages == "lambda" else f", stages={self.stages!r}"
         return (f"DPMSolverSinglestep(order={self.order}, predict={self.predict!r}, solver_type={self.solver_type!r}, "
-                f"split={self.split!r})")
+                f"split={self.split!r}{stages})")
 
     def evaluations(self, orders: Sequence[int]) -> int:
         """A step of order ``k`` costs ``k`` evaluations."""
@@ -165,6 +209,29 @@ class DPMSolverSinglestep(ExponentialIntegrator):
         full = grid.times(schedule, t_start, t_end, sum(orders))
         return full[torch.cumsum(torch.tensor([0, *orders]), 0)]
 
+    def stages_of(self, schedule: NoiseSchedule, s: TimePoint, t: TimePoint, order: int) -> tuple[Stage, ...]:
+        """The stages of an order-``order`` step from ``s`` to ``t`` (placed by ``stages``)."""
+        if self.stages == "lambda" or order == 1:
+            return self._stages[order]
+        return stages_for(order, self.solver_type, *grid_stage_fractions(schedule, self.stages, s.t, t.t, order))
+
     def _step(self, model: Predictor, x: Tensor, s: TimePoint, t: TimePoint, state: State, order: int) -> Update:
-        x_t, _, _ = run_stages(self, model, x, s, t, self._stages[order], self.evaluate(model, x, s))
+        stages = self.stages_of(model.schedule, s, t, order)
+        x_t, _, _ = run_stages(self, model, x, s, t, stages, self.evaluate(model, x, s))
         return Update(x_t)
+
+
+def _check_stages(stages: str | TimeGrid) -> str | TimeGrid:
+    """``"lambda"``, or the grid (from its name or instance) whose rule places the stages."""
+    if isinstance(stages, str) and stages == "lambda":
+        return stages
+    if isinstance(stages, str) and stages == "grid":
+        raise ValueError("stages='grid' needs the grid itself here: pass its name (stages='time_quadratic') or a "
+                         "TimeGrid; DPMSolver.sample(..., stages='grid') takes it from skip_type")
+    if not isinstance(stages, (str, TimeGrid)):
+        raise TypeError(f"stages must be 'lambda', a grid name or a TimeGrid, got {type(stages).__name__}")
+    grid = get_grid(stages)
+    if isinstance(grid, GivenTimes) or (isinstance(grid, SigmaTable) and not grid.rescale):
+        raise ValueError(f"stages={stages!r}: {grid!r} gives the same times whatever the interval, so it cannot place "
+                         "the stages inside a step; use 'lambda' or a grid rule ('time_quadratic', 'karras', ...)")
+    return grid
