@@ -37,6 +37,11 @@ class _JaxNamespace:
     def clamp(self, x, min=None, max=None):  # noqa: A002 - torch's argument names
         return self._jnp.clip(x, min, max)
 
+    def logsumexp(self, x, dim, keepdim=False):
+        from jax.scipy.special import logsumexp
+
+        return logsumexp(x, axis=dim, keepdims=keepdim)
+
     def __getattr__(self, name: str):
         return getattr(self._jnp, name)
 

@@ -256,6 +256,15 @@ class NoiseSchedule(abc.ABC):
         # Keep the lambda that was asked for: the integrators' step sizes are defined in lambda.
         return TimePoint(t=p.t, lam=lam, alpha=p.alpha, sigma=p.sigma)
 
+    def array_point(self, lam) -> TimePoint:
+        """The :class:`TimePoint` at half log-SNR ``lam`` given as an array (a JAX scalar in a compiled loop).
+
+        :meth:`point_at_lambda` for values that stay on the device: the same formulas
+        (:meth:`inverse_lambda`, :meth:`alpha`, :meth:`sigma`), with no checks, the fields arrays.
+        """
+        t = self.inverse_lambda(lam)
+        return TimePoint(t=t, lam=lam, alpha=self.alpha(t), sigma=self.sigma(t))
+
     def add_noise(self, x0: Tensor, t: Tensor | Number, noise: Tensor | None = None) -> Tensor:
         """Sample $x_t = \\alpha_t x_0 + \\sigma_t\\,\\epsilon$ (``noise`` is drawn if not given).
 
