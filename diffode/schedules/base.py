@@ -263,7 +263,9 @@ class NoiseSchedule(abc.ABC):
         (:meth:`inverse_lambda`, :meth:`alpha`, :meth:`sigma`), with no checks, the fields arrays.
         """
         t = self.inverse_lambda(lam)
-        return TimePoint(t=t, lam=lam, alpha=self.alpha(t), sigma=self.sigma(t))
+        xp = namespace(t)
+        # exp(log alpha), exp(log sigma) as in :meth:`points`, so both paths agree to the last bit.
+        return TimePoint(t=t, lam=lam, alpha=xp.exp(self.log_alpha(t)), sigma=xp.exp(self.log_sigma(t)))
 
     def add_noise(self, x0: Tensor, t: Tensor | Number, noise: Tensor | None = None) -> Tensor:
         """Sample $x_t = \\alpha_t x_0 + \\sigma_t\\,\\epsilon$ (``noise`` is drawn if not given).
