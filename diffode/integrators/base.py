@@ -172,10 +172,10 @@ def linear_combination(x: Tensor, a: float | Tensor, terms: Sequence[tuple[Tenso
     JAX arrays (the compiled loops of :mod:`diffode.jax`, which run the integrators' own steps) are
     combined with plain arithmetic, JAX arrays being immutable.
     """
-    if is_jax_array(x):
-        out = x * a
+    if is_jax_array(x):  # coefficients may be wider (float64 times): the state keeps its dtype, as in torch
+        out = x * (a.astype(x.dtype) if is_jax_array(a) else a)
         for tensor, c in terms:
-            out = out + tensor * c
+            out = out + tensor * (c.astype(x.dtype) if is_jax_array(c) else c)
         return out
     out = torch.mul(x, a)
     for tensor, c in terms:

@@ -90,8 +90,12 @@ class AdaptiveSampler:
         def point(values) -> TimePoint:
             return TimePoint(*values)
 
+        # Times, step sizes and weights in float64 where JAX allows it (as the PyTorch loop keeps them
+        # on the host in float64), so that a float32 state takes the same steps on both backends.
+        wide = jnp.float64 if jax.config.read("jax_enable_x64") else jnp.float32
+
         def host(p: TimePoint) -> tuple:
-            return tuple(jnp.asarray(v, dtype=x.dtype) for v in (p.t, p.lam, p.alpha, p.sigma))
+            return tuple(jnp.asarray(v, dtype=wide) for v in (p.t, p.lam, p.alpha, p.sigma))
 
         end = host(self.end)
         start = host(self.start)
@@ -108,14 +112,14 @@ class AdaptiveSampler:
             underflow = s[1] + h == s[1]
             moved = schedule.array_point(s[1] + h)
             reach = controller.reaches_end(h, end[1] - s[1])
-            t = tuple(jnp.where(reach, e, m.astype(x.dtype)) for e, m in
+            t = tuple(jnp.where(reach, e, m.astype(wide)) for e, m in
                       zip(end, (moved.t, moved.lam, moved.alpha, moved.sigma)))
             result = integrator.step(model, x, point(s), point(t), integrator.init())
             if result.state.history or result.state.carry is not None:
                 raise NotRepresentableError(f"{integrator!r} keeps a state between steps; the JAX adaptive loop "
                                             "runs embedded pairs of singlestep methods")
             finite = jnp.all(jnp.isfinite(result.x)) & jnp.all(jnp.isfinite(result.x_low))
-            error = jnp.max(controller.errors(result.x, result.x_low, x_prev))
+            error = jnp.max(controller.errors(result.x, result.x_low, x_prev)).astype(wide)
             error = jnp.where(jnp.isfinite(error), error, jnp.inf)
             status = jnp.where(over, MAX_NFE, jnp.where(underflow, UNDERFLOW, jnp.where(finite, RUNNING, NON_FINITE)))
             stepped = ~over & ~underflow
