@@ -12,7 +12,8 @@ $j$-th output is the $j$-th basis vector. Nothing of the method is written a sec
 The recorded combinations are then written relative to the current state and a window of the
 last $K$ outputs, the form a ``lax.scan`` applies (:class:`Program`): evaluation $j$ sees
 $u_j = a_j x + \sum_i b_{ji}\,\mathrm{buf}_i$, and after it the state becomes
-$x \leftarrow c_j x + \sum_i d_{ji}\,\mathrm{buf}_i$ (the identity inside a step). Two checks guard
+$x \leftarrow c_j u_j + \sum_i d_{ji}\,\mathrm{buf}_i$ (that is $u_j$ itself, except after the last
+evaluation, where it is the final state). Two checks guard
 every program: the rewritten form reproduces the recorded coefficients to 1e-12, and the program
 applied to a nonlinear test model reproduces the PyTorch solve on random states to 1e-9, which an
 integrator that is not linear in the state and the outputs (thresholding, clipping, noise) fails.
@@ -52,7 +53,7 @@ class Program:
         kinds: ``"data"`` or ``"noise"``: which prediction each evaluation returns.
         a_in: Coefficient of the state in each evaluation's input, shape ``(N,)``.
         b_in: Coefficients of the last ``K`` outputs (newest first) in it, shape ``(N, K)``.
-        a_out: Coefficient of the state in the state after each evaluation, shape ``(N,)``.
+        a_out: Coefficient of the evaluation's input in the state after it, shape ``(N,)``.
         b_out: Coefficients of the last ``K`` outputs (the new one first) in it, shape ``(N, K)``.
         plan: The plan the program was recorded from.
     """
@@ -85,7 +86,7 @@ class Program:
         for j in range(self.nfe):
             u = self.a_in[j] * x + sum(c * v for c, v in zip(self.b_in[j], buf))
             buf = [np.asarray(evaluate(u, j), dtype=np.float64), *buf[:-1]]
-            x = self.a_out[j] * x + sum(c * v for c, v in zip(self.b_out[j], buf))
+            x = self.a_out[j] * u + sum(c * v for c, v in zip(self.b_out[j], buf))
         return x
 
 
@@ -165,55 +166,62 @@ def record(integrator: Integrator | str, schedule: NoiseSchedule, plan: Plan) ->
                                     "fixed table of coefficients; the JAX backend runs deterministic integrators")
     if integrator.adaptive:
         raise NotRepresentableError(f"{integrator!r} chooses its own steps: use diffode.jax.AdaptiveSampler")
-    size = plan.nfe + 1
-    recorder = _Recorder(schedule, size)
-    ends: list[tuple[int, Tensor]] = []
+    recorder = _Recorder(schedule, plan.nfe + 1)
+    final = solve(recorder, _basis(plan.nfe + 1, 0), integrator, plan).x
+    program = from_calls(recorder.calls, final, plan, repr(integrator))
 
-    def mark(x: Tensor, _t: float, _step: int) -> Tensor:
-        ends.append((len(recorder.calls), x.detach().clone()))
-        return x
+    def run_test_model(x0: Tensor) -> Tensor:
+        return solve(_TestModel(schedule), x0, integrator, plan).x
 
-    start = torch.zeros(size, dtype=torch.float64)
-    start[0] = 1.0
-    final = solve(recorder, start, integrator, plan, correcting_xt_fn=mark).x.numpy()
-    n = len(recorder.calls)
-    if n == 0:
-        raise NotRepresentableError(f"{integrator!r} made no model evaluation on this plan")
-    # The state after evaluation j: a step end's state, the final state after the last evaluation.
-    after = {count: x.numpy() for count, x in ends if count > 0}
-    after[n] = final
-    inputs = [x.numpy() for _, _, x in recorder.calls]
-    rows_in, rows_out = [], []
-    state = start.numpy()
-    for j in range(n):
-        rows_in.append(_split(inputs[j], state, j))
-        if j + 1 in after:
-            rows_out.append(_split(after[j + 1], state, j + 1))
-            state = after[j + 1]
-        else:
-            rows_out.append((1.0, np.zeros(j + 1)))
-    scale = max(max(np.abs(v).max() for v in inputs), np.abs(final).max(), 1.0)
-    # At least _MIN_WINDOW: programs of the usual methods (windows 1 to 4) then share one compiled loop.
-    window = max(_MIN_WINDOW, *(_window_of(r, scale) for _, r in rows_in + rows_out))
-
-    def table(rows):
-        b = np.zeros((n, window))
-        for j, (_, r) in enumerate(rows):
-            k = min(window, r.size)
-            b[j, :k] = r[:k]
-        return np.array([a for a, _ in rows]), b
-
-    a_in, b_in = table(rows_in)
-    a_out, b_out = table(rows_out)
-    program = Program(tuple(p for p, _, _ in recorder.calls), tuple(k for _, k, _ in recorder.calls),
-                      a_in, b_in, a_out, b_out, plan)
-    _check_restructured(program, integrator, inputs, final, scale)
-    _check_linear(program, integrator, schedule, plan)
+    check_linear(program, run_test_model, repr(integrator))
     return program
 
 
-def _check_restructured(program: Program, integrator: Integrator, inputs: list[np.ndarray], final: np.ndarray,
-                        scale: float) -> None:
+def _basis(size: int, j: int) -> Tensor:
+    e = torch.zeros(size, dtype=torch.float64)
+    e[j] = 1.0
+    return e
+
+
+def from_calls(calls: list[tuple[TimePoint, str, Tensor]], final: Tensor, plan: Plan | None, name: str) -> Program:
+    """The :class:`Program` of a recorded run: the inputs of its evaluations and its final state, as
+    coefficient vectors over $[x_0, m_1, \dots]$ (the evaluations returned the basis vectors).
+
+    Each vector is written relative to the one before, ``v = a * previous + (a window of outputs)``:
+    an evaluation's input relative to the previous input (the state before the first), the final
+    state relative to the last input. In a linear method every vector is a multiple of its step's
+    start state plus outputs of that step, so the window stays short; that the rewriting is exact is
+    checked (``NotRepresentableError`` otherwise).
+    """
+    n = len(calls)
+    if n == 0:
+        raise NotRepresentableError(f"{name} made no model evaluation")
+    size = final.numel()
+    vectors = [x.numpy() for _, _, x in calls] + [final.numpy()]
+    rows = []
+    previous = _basis(size, 0).numpy()
+    for j, v in enumerate(vectors):
+        rows.append(_split(v, previous, j))
+        previous = v
+    scale = max(max(np.abs(v).max() for v in vectors), 1.0)
+    # At least _MIN_WINDOW: programs of the usual methods (windows 1 to 4) then share one compiled loop.
+    window = max(_MIN_WINDOW, *(_window_of(r, scale) for _, r in rows))
+    b = np.zeros((n + 1, window))
+    for j, (_, r) in enumerate(rows):
+        k = min(window, r.size)
+        b[j, :k] = r[:k]
+    a = np.array([c for c, _ in rows])
+    # The state after an evaluation is its input (the next input is written relative to it), except
+    # after the last one: the final state.
+    a_out, b_out = np.ones(n), np.zeros((n, window))
+    a_out[-1], b_out[-1] = a[n], b[n]
+    program = Program(tuple(p for p, _, _ in calls), tuple(k for _, k, _ in calls), a[:n], b[:n], a_out, b_out, plan)
+    _check_restructured(program, name, vectors, scale)
+    return program
+
+
+def _check_restructured(program: Program, name: str, vectors: list[np.ndarray], scale: float) -> None:
+    inputs, final = vectors[:-1], vectors[-1]
     size = final.size
     seen = []
 
@@ -228,18 +236,18 @@ def _check_restructured(program: Program, integrator: Integrator, inputs: list[n
     out = program.apply(start, basis)
     error = max(max(np.abs(a - b).max() for a, b in zip(seen, inputs)), np.abs(out - final).max())
     if error > _RESTRUCTURE_TOL * scale:
-        raise NotRepresentableError(f"{integrator!r}: its steps do not fit the scan form (state plus a window of "
+        raise NotRepresentableError(f"{name}: its steps do not fit the scan form (state plus a window of "
                                     f"{program.window} outputs); the rewritten coefficients are off by {error:.3g}")
 
 
-def _check_linear(program: Program, integrator: Integrator, schedule: NoiseSchedule, plan: Plan) -> None:
-    from diffode.solve import solve
-
+def check_linear(program: Program, run_test_model: Callable[[Tensor], Tensor], name: str) -> None:
+    """Raise unless ``program`` reproduces ``run_test_model`` (the PyTorch solve with :class:`_TestModel`)
+    on random states: a method that is not linear in the state and the outputs fails here."""
     x0 = np.random.default_rng(0).standard_normal((3, 2))
-    reference = solve(_TestModel(schedule), torch.from_numpy(x0), integrator, plan).x.numpy()
+    reference = run_test_model(torch.from_numpy(x0)).numpy()
     ours = program.apply(x0, lambda u, j: _TestModel.value(u, program.points[j].t, program.kinds[j], np))
     error = np.abs(ours - reference).max() / max(np.abs(reference).max(), 1.0)
     if not error <= _LINEARITY_TOL:
-        raise NotRepresentableError(f"{integrator!r} is not linear in the state and the model outputs (thresholding, "
+        raise NotRepresentableError(f"{name} is not linear in the state and the model outputs (thresholding, "
                                     f"clipping or another nonlinear step): its coefficient program is off by {error:.3g} "
                                     "on a test model, so it cannot run on the JAX backend")

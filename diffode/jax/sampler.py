@@ -26,7 +26,7 @@ def _scan(network_model: Model, x, tables, args):
         u = ai * state + jnp.tensordot(bi, buf, axes=1)
         m = model.apply(u, t, c, ca, cb)
         buf = jnp.concatenate([m[None], buf[:-1]], axis=0)
-        return (ao * state + jnp.tensordot(bo, buf, axes=1), buf), None
+        return (ao * u + jnp.tensordot(bo, buf, axes=1), buf), None
 
     buf = jnp.zeros((window, *x.shape), x.dtype)
     (state, _), _ = jax.lax.scan(body, (x, buf), (t_input, scale, conv_a, conv_b, a_in, b_in, a_out, b_out))
