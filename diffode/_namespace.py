@@ -37,6 +37,14 @@ class _JaxNamespace:
     def clamp(self, x, min=None, max=None):  # noqa: A002 - torch's argument names
         return self._jnp.clip(x, min, max)
 
+    def cat(self, arrays):
+        return self._jnp.concatenate(arrays)
+
+    def lerp(self, start, end, weight):
+        # torch.lerp's rule, so that both backends round alike.
+        jnp = self._jnp
+        return jnp.where(weight < 0.5, start + weight * (end - start), end - (end - start) * (1 - weight))
+
     def logsumexp(self, x, dim, keepdim=False):
         from jax.scipy.special import logsumexp
 

@@ -70,14 +70,26 @@ class Sampler:
         elif options:
             raise ValueError(f"options {sorted(options)} are for building a plan; a Plan was given")
         self.plan = plan
-        self.program: Program = record(self.integrator, model.schedule, plan)
-        rows = [tuple(float(v) for v in model.coefficients(p, k)) for p, k in zip(self.program.points, self.program.kinds)]
+        self._load(record(self.integrator, model.schedule, plan))
+
+    @classmethod
+    def from_program(cls, model: Model, program: Program) -> Sampler:
+        """A sampler that runs a recorded :class:`~diffode.jax.program.Program` (:mod:`diffode.jax.dpm_solver`
+        records the compatibility solver's runs this way)."""
+        sampler = cls.__new__(cls)
+        sampler.model, sampler.integrator, sampler.plan = model, None, program.plan
+        sampler._load(program)
+        return sampler
+
+    def _load(self, program: Program) -> None:
+        self.program = program
+        rows = [tuple(float(v) for v in self.model.coefficients(p, k)) for p, k in zip(program.points, program.kinds)]
         columns = np.array(rows, dtype=np.float64).T
-        self._tables = (*columns, self.program.a_in, self.program.b_in, self.program.a_out, self.program.b_out)
-        self._run = _compiled(model)
+        self._tables = (*columns, program.a_in, program.b_in, program.a_out, program.b_out)
+        self._run = _compiled(self.model)
 
     def __repr__(self) -> str:
-        return f"diffode.jax.Sampler({self.integrator!r}, nfe={self.plan.nfe}, steps={self.plan.steps})"
+        return f"diffode.jax.Sampler({self.integrator!r}, nfe={self.nfe})"
 
     @property
     def nfe(self) -> int:

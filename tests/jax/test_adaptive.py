@@ -42,22 +42,25 @@ def test_matches_solve_adaptive_in_float64():
     assert relative(out, solution.x.numpy()) <= 1e-12
 
 
+def tolerance(schedule, name, solution):
+    """1e-12, or ten times the PyTorch result's own change when its first step moves by one ulp.
+
+    Some runs magnify the last bits of the step sizes (which the two backends round independently,
+    e.g. in E**(-1/p)): three long steps from sigma = 50 on the VE path move by 3.5e-10 when h_init
+    changes by a relative 1e-15. The steps taken must be the same whatever the tolerance.
+    """
+    x = noise(schedule)
+    moved = dd.solve_adaptive(torch_mixture_model(schedule), x, name, schedule.T, schedule.default_t_end,
+                              AdaptiveController(h_init=0.05 * (1 + 1e-15)))
+    return max(1e-12, 10 * relative(moved.x.numpy(), solution.x.numpy()))
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("schedule", SCHEDULES, ids=repr)
+@pytest.mark.parametrize("schedule", SCHEDULES + [VE(), EDM()], ids=repr)
 @pytest.mark.parametrize("name", PAIRS)
 def test_every_pair_and_schedule_matches_solve_adaptive(schedule, name):
     out, solution = run_both(schedule, name)
-    assert relative(out, solution.x.numpy()) <= 1e-12
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("schedule", [VE(), EDM()], ids=repr)
-def test_matches_solve_adaptive_on_ill_conditioned_runs(schedule):
-    # Three long steps from sigma = 50 or 80: here the PyTorch result itself moves by 3.5e-10 when
-    # the first step changes by one ulp (h_init * (1 + 1e-15)), so the two backends' last-bit
-    # differences in the step sizes show at that level. The steps taken must still be the same.
-    out, solution = run_both(schedule, "dpmpp_adaptive_23")
-    assert relative(out, solution.x.numpy()) <= 1e-8
+    assert relative(out, solution.x.numpy()) <= tolerance(schedule, name, solution)
 
 
 def test_float32():
