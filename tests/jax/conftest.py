@@ -9,6 +9,7 @@ import pytest
 import torch
 
 jax = pytest.importorskip("jax")
+jnp = pytest.importorskip("jax.numpy")
 
 from diffode.models.analytic import GaussianMixture  # noqa: E402
 from diffode.models.parameterizations import get_parameterization  # noqa: E402
@@ -30,7 +31,9 @@ def mixture_network(schedule, parameterization="noise"):
     param = get_parameterization(parameterization)
 
     def network(x, t, scale=1.0):
-        alpha, sigma = schedule.alpha(t)[:, None], schedule.sigma(t)[:, None]
+        # exp(log alpha), exp(log sigma) as diffode.models.resolve_point computes them for the
+        # PyTorch network (EDM's sigma(t) = t differs from exp(log t) in the last bit).
+        alpha, sigma = jnp.exp(schedule.log_alpha(t))[:, None], jnp.exp(schedule.log_sigma(t))[:, None]
         return scale * param.from_noise(MIXTURE.eps(x, alpha, sigma), x, alpha, sigma)
 
     return network
