@@ -42,27 +42,28 @@ def test_matches_solve_adaptive_in_float64():
     assert relative(out, solution.x.numpy()) <= 1e-12
 
 
-def tolerance(schedule, name, solution):
-    """1e-12, or ten times the PyTorch result's own change when its step sizes move by one ulp.
-
-    Some runs magnify the last bits of the step sizes (which the two backends round independently,
-    e.g. in E**(-1/p)): three long steps from sigma = 50 on the VE path move by 3.5e-10 when h_init
-    changes by a relative 1e-15. The steps taken must be the same whatever the tolerance.
-    """
-    x = noise(schedule)
-    changes = []
-    for nudged in (AdaptiveController(h_init=0.05 * (1 + 1e-15)), AdaptiveController(theta=0.9 * (1 + 1e-15))):
-        moved = dd.solve_adaptive(torch_mixture_model(schedule), x, name, schedule.T, schedule.default_t_end, nudged)
-        changes.append(relative(moved.x.numpy(), solution.x.numpy()))
-    return max(1e-12, 10 * max(changes))
-
-
 @pytest.mark.slow
-@pytest.mark.parametrize("schedule", SCHEDULES + [VE(), EDM()], ids=repr)
+@pytest.mark.parametrize("schedule", SCHEDULES, ids=repr)
 @pytest.mark.parametrize("name", PAIRS)
 def test_every_pair_and_schedule_matches_solve_adaptive(schedule, name):
     out, solution = run_both(schedule, name)
-    assert relative(out, solution.x.numpy()) <= tolerance(schedule, name, solution)
+    # The noise-form pairs on the flow path reach 1e-11: there the PyTorch result itself moves by
+    # 9.5e-12 when theta changes by a relative 1e-15 (the step sizes' last bits, which the two
+    # backends round independently in E**(-1/p)).
+    assert relative(out, solution.x.numpy()) <= (2e-11 if name.startswith("dpm_") else 1e-12)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("schedule", [VE(), EDM()], ids=repr)
+@pytest.mark.parametrize("name", PAIRS)
+def test_matches_solve_adaptive_on_ill_conditioned_runs(schedule, name):
+    # Three long steps from sigma = 50 or 80. The first step's error estimate is about 1e-7, the
+    # difference of two solutions that agree to 7 digits, so its own round-off is about 1e-9
+    # relative (measured on EDM: E = 1.38025262e-7 on one backend, 1.38025260e-7 on the other), and
+    # the next step size inherits it through E**(-1/p): the results then differ by 1.7e-9. The
+    # steps taken (accepted, rejected, NFE) must still be the same, which run_both checks.
+    out, solution = run_both(schedule, name)
+    assert relative(out, solution.x.numpy()) <= 1e-8
 
 
 def test_float32():
