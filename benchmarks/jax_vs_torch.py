@@ -136,7 +136,10 @@ def main(argv=None) -> None:
     header = ["# JAX (compiled) vs PyTorch (eager) sampling loops on CPU", "",
               f"{environment()}; jax {jax.__version__} on {jax.devices()[0].platform}; float32, batch {BATCH} "
               f"x {DIM}, LinearVP, logSNR grid; medians of {args.repeat} interleaved rounds.", "",
-              "Setup = recording the plan's program from the PyTorch integrator + the first call (compilation).", "",
+              "Setup = recording the plan's program from the PyTorch integrator + the first call (compilation; "
+              "later samplers with a table of the same shape reuse the compiled loop, hence the small figures "
+              "after the first row of each model). On a shared small CPU the medians move by tens of percent "
+              "between runs; the ratios are the figure to read.", "",
               "| model | integrator | NFE | torch ms | JAX ms | torch / JAX | JAX setup ms | max rel. diff |",
               "|---|---|---|---|---|---|---|---|"]
     report(["\n".join(header + rows)], "jax_vs_torch", not args.no_write)
