@@ -75,6 +75,12 @@ class AdaptiveSampler:
         t_end = schedule.check_time("t_end", schedule.default_t_end if t_end is None else t_end)
         if t_start == t_end:
             raise ValueError(f"t_start and t_end must differ, got {t_start} for both")
+        try:  # the loop evaluates the schedule's own formulas on JAX arrays
+            jax.eval_shape(lambda lam: schedule.array_point(lam), jnp.zeros(()))
+        except Exception as error:
+            raise NotRepresentableError(f"{schedule!r} does not evaluate on JAX arrays ({type(error).__name__}: "
+                                        f"{error}); the adaptive loop needs its log_alpha, log_sigma and "
+                                        "inverse_lambda written with diffode._namespace.namespace") from None
         self.model, self.integrator, self.controller = model, integrator, controller
         self.start, self.end = _grid_points(schedule, [t_start, t_end])
         self.denoise_to_zero = denoise_to_zero

@@ -101,3 +101,19 @@ def test_bad_arguments():
         djax.AdaptiveSampler(model, t_start=0.5, t_end=0.5)
     with pytest.raises(TypeError, match="AdaptiveController"):
         djax.AdaptiveSampler(model, controller=3)
+
+
+def test_a_schedule_without_jax_formulas_is_refused():
+    from diffode.schedules.base import VPSchedule
+
+    class Bisected(VPSchedule):  # the base class bisects lambda with torch: no JAX formula
+        def log_alpha(self, t):
+            return -0.5 * t * t
+
+        def f(self, t):
+            return -t
+
+    schedule = Bisected()
+    model = djax.wrap(lambda x, t: x, schedule, time_input="continuous")
+    with pytest.raises(djax.NotRepresentableError, match="does not evaluate on JAX arrays"):
+        djax.AdaptiveSampler(model, t_start=1.0, t_end=0.1)
