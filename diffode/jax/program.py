@@ -184,7 +184,7 @@ def _basis(size: int, j: int) -> Tensor:
 
 
 def from_calls(calls: list[tuple[TimePoint, str, Tensor]], final: Tensor, plan: Plan | None, name: str) -> Program:
-    """The :class:`Program` of a recorded run: the inputs of its evaluations and its final state, as
+    r"""The :class:`Program` of a recorded run: the inputs of its evaluations and its final state, as
     coefficient vectors over $[x_0, m_1, \dots]$ (the evaluations returned the basis vectors).
 
     Each vector is written relative to the one before, ``v = a * previous + (a window of outputs)``:
