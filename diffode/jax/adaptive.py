@@ -17,6 +17,10 @@ from diffode.schedules.base import TimePoint
 
 __all__ = ["AdaptiveSampler"]
 
+def _fields(p: TimePoint) -> tuple:
+    return p.t, p.lam, p.alpha, p.sigma
+
+
 # The loop's status codes.
 RUNNING, MAX_NFE, UNDERFLOW, NON_FINITE = 0, 1, 2, 3
 
@@ -76,7 +80,7 @@ class AdaptiveSampler:
         if t_start == t_end:
             raise ValueError(f"t_start and t_end must differ, got {t_start} for both")
         try:  # the loop evaluates the schedule's own formulas on JAX arrays
-            jax.eval_shape(lambda lam: schedule.array_point(lam), jnp.zeros(()))
+            jax.eval_shape(lambda lam: _fields(schedule.array_point(lam)), jnp.zeros(()))
         except Exception as error:
             raise NotRepresentableError(f"{schedule!r} does not evaluate on JAX arrays ({type(error).__name__}: "
                                         f"{error}); the adaptive loop needs its log_alpha, log_sigma and "
