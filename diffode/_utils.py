@@ -11,6 +11,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from diffode._namespace import is_jax_array
+
 Number = float | int
 
 # Half-precision states are integrated in this dtype (see diffode.solve); others in their own.
@@ -99,8 +101,11 @@ def as_float64(t: Tensor | Number) -> Tensor:
 def as_time(t: Tensor | Number) -> Tensor:
     """Return a floating tensor for a time argument, keeping a tensor's dtype and device.
 
-    Python numbers become float64 CPU tensors; integer tensors become float64.
+    Python numbers become float64 CPU tensors; integer tensors become float64. A JAX array (the
+    JAX backend evaluates the schedules' formulas in its compiled loops) is returned as it is.
     """
+    if is_jax_array(t):
+        return t
     if isinstance(t, Tensor):
         return t if t.is_floating_point() else t.to(torch.float64)
     if isinstance(t, bool) or not isinstance(t, (int, float)):

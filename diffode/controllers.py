@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 from torch import Tensor
 
+from diffode._namespace import namespace
 from diffode._utils import check_finite_number, check_int
 from diffode.schedules.base import NoiseSchedule, TimePoint
 
@@ -22,6 +22,9 @@ class AdaptiveController:
     the step is accepted when the largest one is at most 1 (the whole batch moves together). Either
     way the next step is $h \leftarrow \min(\theta\,h\,E^{-1/p}, \lambda_{end} - \lambda)$ with $p$ the
     higher order of the pair.
+
+    :meth:`errors`, :meth:`first_h`, :meth:`reaches_end` and :meth:`next_h` also take JAX arrays: the
+    compiled adaptive loop of :mod:`diffode.jax` applies this same rule inside its graph.
 
     Args:
         atol: Absolute tolerance (> 0); 0.0078 is about one 8-bit colour level in [-1, 1].
@@ -52,9 +55,10 @@ class AdaptiveController:
 
     def errors(self, x_high: Tensor, x_low: Tensor, x_prev: Tensor) -> Tensor:
         """The scaled error of a step per sample (RMS norm), a ``(B,)`` tensor on the state's device."""
-        delta = torch.clamp_min(self.rtol * torch.maximum(x_low.abs(), x_prev.abs()), self.atol)
+        xp = namespace(x_high)
+        delta = xp.clamp(self.rtol * xp.maximum(xp.abs(x_low), xp.abs(x_prev)), min=self.atol)
         ratio = ((x_high - x_low) / delta).reshape(x_low.shape[0], -1)
-        return ratio.square().mean(dim=1).sqrt()
+        return xp.sqrt(xp.mean(xp.square(ratio), 1))
 
     def error(self, x_high: Tensor, x_low: Tensor, x_prev: Tensor) -> float:
         """The scaled error $E$ of a step: the largest per-sample RMS norm (NaN if any sample is NaN).
@@ -63,14 +67,40 @@ class AdaptiveController:
         """
         return float(self.errors(x_high, x_low, x_prev).max())
 
+    def first_h(self, remaining):
+        """The first step: ``h_init``, at most the whole distance ``remaining``, signed like it."""
+        return self._towards(self.h_init, remaining)
+
+    def reaches_end(self, h, remaining):
+        """Whether a step of ``h`` lands on the end, ``remaining`` away in $\\lambda$ (to round-off)."""
+        if _host(h, remaining):
+            return abs(h - remaining) <= 1e-12 * max(1.0, abs(h))
+        xp = namespace(h, remaining)
+        return xp.abs(h - remaining) <= 1e-12 * xp.maximum(1.0, xp.abs(h))
+
     def next_point(self, schedule: NoiseSchedule, s: TimePoint, h: float, end: TimePoint) -> TimePoint:
         """Where a step of ``h`` in $\\lambda$ from ``s`` lands: ``end`` itself when the step reaches it."""
-        if abs(h - (end.lam - s.lam)) <= 1e-12 * max(1.0, abs(h)):
+        if self.reaches_end(h, end.lam - s.lam):
             return end
         return schedule.point_at_lambda(s.lam + h)
 
-    def next_h(self, h: float, error: float, order: int, remaining: float) -> float:
+    def next_h(self, h, error, order: int, remaining):
         """The next step, signed like ``remaining`` (the distance left to the end in $\\lambda$)."""
-        factor = self.theta * (max(error, 1e-300) ** (-1.0 / order))
-        new = abs(h) * factor
-        return min(new, abs(remaining)) * (1.0 if remaining >= 0 else -1.0)
+        if _host(h, error, remaining):
+            factor = self.theta * (max(error, 1e-300) ** (-1.0 / order))
+        else:
+            factor = self.theta * (namespace(h, error, remaining).maximum(error, 1e-300) ** (-1.0 / order))
+        return self._towards(abs(h) * factor, remaining)
+
+    @staticmethod
+    def _towards(size, remaining):
+        """``size``, at most ``|remaining|``, signed like ``remaining``."""
+        if _host(size, remaining):
+            return min(size, abs(remaining)) * (1.0 if remaining >= 0 else -1.0)
+        xp = namespace(size, remaining)
+        return xp.minimum(size, xp.abs(remaining)) * xp.where(remaining >= 0, 1.0, -1.0)
+
+
+def _host(*values) -> bool:
+    """Whether every value is a host number (the PyTorch loop), not an array (the compiled JAX loop)."""
+    return all(isinstance(v, (int, float)) for v in values)

@@ -399,7 +399,7 @@ def solve_adaptive(model: Predictor, x: Tensor, integrator: Integrator | str, t_
     if check_finite:
         evaluator.check(state_x, 0, s.t)
     remaining = end.lam - s.lam
-    h = min(controller.h_init, abs(remaining)) * (1.0 if remaining >= 0 else -1.0)
+    h = controller.first_h(remaining)
     x_prev = state_x
     state = integrator.init()
     nfe = accepted = rejected = 0

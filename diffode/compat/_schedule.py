@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from diffode._namespace import is_jax_array, namespace
 from diffode._utils import as_time
 from diffode.schedules.base import TimePoint, VPSchedule
 from diffode.schedules.vp import CosineVP, DiscreteVP, LinearVP, clip_log_alphas
@@ -122,6 +123,8 @@ class NoiseScheduleVP:
         return clip_log_alphas(log_alphas, clipped_lambda)
 
     def _discrete_time(self, t: Tensor) -> Tensor:
+        if is_jax_array(t):  # the JAX reference keeps the dtype of t
+            return t.reshape(-1)
         # The reference concatenates t with float arrays, which promotes to the wider dtype.
         return t.reshape(-1).to(torch.promote_types(t.dtype, self.dtype))
 
@@ -134,16 +137,18 @@ class NoiseScheduleVP:
 
     def marginal_alpha(self, t: Tensor) -> Tensor:
         r"""$\alpha_t$."""
-        return torch.exp(self.marginal_log_mean_coeff(t))
+        return namespace(t).exp(self.marginal_log_mean_coeff(t))
 
     def marginal_std(self, t: Tensor) -> Tensor:
         r"""$\sigma_t = \sqrt{1 - \alpha_t^2}$ (the reference's formula)."""
-        return torch.sqrt(1. - torch.exp(2. * self.marginal_log_mean_coeff(t)))
+        xp = namespace(t)
+        return xp.sqrt(1. - xp.exp(2. * self.marginal_log_mean_coeff(t)))
 
     def marginal_lambda(self, t: Tensor) -> Tensor:
         r"""$\lambda_t = \log\alpha_t - \log\sigma_t$ (the reference's formula)."""
+        xp = namespace(t)
         log_mean_coeff = self.marginal_log_mean_coeff(t)
-        log_std = 0.5 * torch.log(1. - torch.exp(2. * log_mean_coeff))
+        log_std = 0.5 * xp.log(1. - xp.exp(2. * log_mean_coeff))
         return log_mean_coeff - log_std
 
     def inverse_lambda(self, lamb: Tensor) -> Tensor:
@@ -152,7 +157,7 @@ class NoiseScheduleVP:
         if self.schedule == 'discrete':
             return self.native.inverse_lambda(self._discrete_time(lamb))
         # The reference's continuous formulas broadcast against a (1,) tensor.
-        return self.native.inverse_lambda(lamb).reshape(torch.broadcast_shapes(lamb.shape, (1,)))
+        return self.native.inverse_lambda(lamb).reshape(namespace(lamb).broadcast_shapes(tuple(lamb.shape), (1,)))
 
 
 class ReferenceSchedule(VPSchedule):

@@ -27,6 +27,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
+from diffode._namespace import is_jax_array
 from diffode._utils import check_choice, check_int
 from diffode.integrators.coefficients import linear_coefficients, update_weights
 from diffode.integrators.grids import TimeGrid, get_grid
@@ -168,7 +169,15 @@ def linear_combination(x: Tensor, a: float | Tensor, terms: Sequence[tuple[Tenso
         x: The state.
         a: Its coefficient (a Python number or a broadcastable tensor).
         terms: ``(tensor, coefficient)`` pairs; coefficients are Python numbers or broadcastable tensors.
+
+    JAX arrays (the compiled loops of :mod:`diffode.jax`, which run the integrators' own steps) are
+    combined with plain arithmetic, JAX arrays being immutable.
     """
+    if is_jax_array(x):  # coefficients may be wider (float64 times): the state keeps its dtype, as in torch
+        out = x * (a.astype(x.dtype) if is_jax_array(a) else a)
+        for tensor, c in terms:
+            out = out + tensor * (c.astype(x.dtype) if is_jax_array(c) else c)
+        return out
     out = torch.mul(x, a)
     for tensor, c in terms:
         if isinstance(c, Tensor):
@@ -196,8 +205,15 @@ def exponential_update(x: Tensor, s: TimePoint, t: TimePoint, values: Sequence[T
         predict: ``"data"`` or ``"noise"``.
         solver_type: ``"taylor"`` or ``"dpmsolver"`` (they differ for two nodes only).
         factors: Override of the Taylor factors (to reproduce other implementations).
+
+    Inside a compiled JAX loop the points hold JAX scalars: then the weights are computed in the
+    graph by the same :func:`~diffode.integrators.coefficients.update_weights` (a zero-length step
+    is still the identity: its weights vanish with $h$).
     """
     a, b, z = linear_coefficients(s, t, predict)
+    if is_jax_array(t.lam) or is_jax_array(s.lam):
+        weights = update_weights(t.lam - s.lam, nodes, z, solver_type, factors)
+        return linear_combination(x, a, [(v, b * w) for v, w in zip(values, weights)])
     if t.lam == s.lam:  # a zero-length step is the identity (the weights carry a factor h)
         return linear_combination(x, a, [])
     weights = step_weights(t.lam - s.lam, nodes, z, solver_type, factors)
@@ -211,6 +227,8 @@ def point_at_lambda(schedule: NoiseSchedule, lam: float) -> TimePoint:
     Inverting $\\lambda$ costs a few dozen small host tensor operations; a sampler that runs the
     same grid again (every batch) finds its intermediate points here instead.
     """
+    if is_jax_array(lam):  # inside a compiled JAX loop
+        return schedule.array_point(lam)
     lam = float(lam)
     return memoised(schedule, ("point_at_lambda", lam), lambda: schedule.point_at_lambda(lam))
 

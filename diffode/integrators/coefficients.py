@@ -13,6 +13,10 @@ That one formula yields every DPM-Solver update: the singlestep methods (nodes a
 multistep methods (nodes at the earlier steps, $c_j < 0$, unequal steps included) and the
 ``"taylor"`` solver type. The ``"dpmsolver"`` solver type of the papers differs only at order two,
 where it uses $g_1 = \varphi_1(z)/2$ instead of $\varphi_2(z)$.
+
+Every function here takes host numbers (the fixed-grid solvers: float64 Python numbers) or arrays:
+the adaptive loop of :mod:`diffode.jax` calls these same functions on JAX arrays inside its
+compiled loop, where the step size is only known in the graph.
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from diffode._namespace import namespace
+
 __all__ = ["phi", "phis", "update_weights", "linear_coefficients"]
 
 # Below this |z| the recursion for phi_k cancels badly; the Taylor series converges fast there.
@@ -29,31 +35,50 @@ _SERIES_RADIUS = 1.0
 _SERIES_TERMS = 30
 
 
-def phi(k: int, z: float) -> float:
+def _phi_series(k: int, z, host: bool):
+    """The Taylor series of phi_k (used for |z| < 1); a host number stops at round-off."""
+    term = 1.0 / math.factorial(k)
+    total = term
+    for j in range(1, _SERIES_TERMS):
+        term = term * z / (j + k)
+        total = total + term
+        if host and abs(term) < 1e-18 * abs(total):
+            break
+    return total
+
+
+def _phi_recursion(k: int, z, expm1):
+    """phi_k by the recursion from phi_1 = expm1(z)/z (used for |z| >= 1)."""
+    value = expm1(z) / z
+    for j in range(1, k):
+        value = (value - 1.0 / math.factorial(j)) / z
+    return value
+
+
+def phi(k: int, z):
     r"""$\varphi_k(z) = \sum_{j\ge0} z^j/(j+k)!$, accurate to round-off for every real ``z``.
 
     Args:
         k: The index, >= 0 ($\varphi_0(z) = e^z$).
-        z: The argument (a Python float).
+        z: The argument: a Python float, or a torch or JAX array (elementwise, both branches
+            computed and the right one selected, so that it traces into a compiled graph).
     """
     if k < 0:
         raise ValueError(f"phi needs k >= 0, got {k}")
+    if not isinstance(z, (int, float)):
+        xp = namespace(z)
+        if k == 0:
+            return xp.exp(z)
+        small = xp.abs(z) < _SERIES_RADIUS
+        # Each branch sees a harmless argument where it is not selected (no 0/0 in the graph).
+        return xp.where(small, _phi_series(k, xp.where(small, z, 0.0), False),
+                        _phi_recursion(k, xp.where(small, 1.0, z), xp.expm1))
     z = float(z)
     if k == 0:
         return math.exp(z)
     if abs(z) < _SERIES_RADIUS:
-        term = 1.0 / math.factorial(k)
-        total = term
-        for j in range(1, _SERIES_TERMS):
-            term *= z / (j + k)
-            total += term
-            if abs(term) < 1e-18 * abs(total):
-                break
-        return total
-    value = math.expm1(z) / z
-    for j in range(1, k):
-        value = (value - 1.0 / math.factorial(j)) / z
-    return value
+        return _phi_series(k, z, True)
+    return _phi_recursion(k, z, math.expm1)
 
 
 def phis(n: int, z: float) -> list[float]:
@@ -90,7 +115,11 @@ def update_weights(h: float, nodes: Sequence[float], z: float, solver_type: str 
     if n == 1:
         return [h * g[0]]
     vander = np.vander(np.asarray(nodes, dtype=np.float64), n, increasing=True)
-    return (h * np.linalg.solve(vander.T, np.asarray(g, dtype=np.float64))).tolist()
+    if all(isinstance(v, (int, float)) for v in g):
+        return (h * np.linalg.solve(vander.T, np.asarray(g, dtype=np.float64))).tolist()
+    xp = namespace(*g)  # arrays (the compiled adaptive loop): the same solve, in the graph
+    weights = h * xp.linalg.solve(xp.asarray(vander.T, dtype=g[0].dtype), xp.stack(g))
+    return [weights[j] for j in range(n)]
 
 
 def linear_coefficients(s, t, predict: str) -> tuple[float, float, float]:

@@ -5,6 +5,10 @@ $p_t = \sum_k w_k\,\mathcal N(\alpha_t\mu_k, v_k I)$ with $v_k = \alpha_t^2 s_k^
 $$\hat\epsilon(x, t) = -\sigma_t\nabla_x\log p_t(x) = \sigma_t\sum_k r_k\,\frac{x - \alpha_t\mu_k}{v_k},
 \qquad \hat x_0(x, t) = \sum_k r_k\,\frac{\sigma_t^2\mu_k + \alpha_t s_k^2 x}{v_k},$$
 with responsibilities $r_k$ computed by a stable log-sum-exp.
+
+:meth:`GaussianMixture.eps` and :meth:`GaussianMixture.x0` also take JAX arrays (with
+$\alpha_t, \sigma_t$ from a schedule's own formulas, which take them too): the same exact
+predictions then drive the JAX backend's tests and benchmarks.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from diffode._namespace import namespace
 from diffode._utils import Number, as_time
 from diffode.models.predictor import Predictor, resolve_point
 from diffode.schedules.base import NoiseSchedule, TimePoint
@@ -59,6 +64,10 @@ class GaussianMixture:
         return f"GaussianMixture(K={self.n_components}, event_shape={self.event_shape})"
 
     def _params(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        xp = namespace(x)
+        if xp is not torch:  # JAX arrays: the same parameters as constants of x's dtype
+            return tuple(xp.asarray(v.numpy(), x.dtype) for v in (self.weights.log(), self.means.reshape(self.n_components, -1),
+                                                                 self.stds))
         key = (x.device, x.dtype)
         if key not in self._cache:
             self._cache[key] = (self.weights.log().to(x.device, x.dtype),
@@ -71,30 +80,30 @@ class GaussianMixture:
         if tuple(x.shape[1:]) != self.event_shape:
             raise ValueError(f"x must have shape (B, *{self.event_shape}), got {tuple(x.shape)}")
         log_w, mu, s = self._params(x)
+        xp = namespace(x)
         xf = x.reshape(x.shape[0], 1, -1)
-        a = alpha.reshape(-1, 1, 1) if isinstance(alpha, Tensor) else alpha
-        sg = sigma.reshape(-1, 1, 1) if isinstance(sigma, Tensor) else sigma
-        diff = xf - a * mu.unsqueeze(0)                       # (B, K, D)
+        a = _per_sample(alpha, 3)
+        sg = _per_sample(sigma, 3)
+        diff = xf - a * mu[None]                                # (B, K, D)
         var = (a * s.reshape(1, -1, 1)) ** 2 + sg * sg          # (B or 1, K, 1)
         d = xf.shape[-1]
-        logits = log_w.reshape(1, -1) - 0.5 * (diff.square() / var).sum(-1) - 0.5 * d * torch.log(var.squeeze(-1))
+        logits = log_w.reshape(1, -1) - 0.5 * (diff * diff / var).sum(-1) - 0.5 * d * xp.log(var[..., 0])
         # exp(logits - logsumexp) rather than torch.softmax, which is pathologically slow on some CPU builds.
-        resp = torch.exp(logits - torch.logsumexp(logits, dim=1, keepdim=True)).unsqueeze(-1)  # (B, K, 1)
+        resp = xp.exp(logits - xp.logsumexp(logits, dim=1, keepdim=True))[..., None]  # (B, K, 1)
         return xf, diff, var, resp, logits
 
     def eps(self, x: Tensor, alpha, sigma) -> Tensor:
         """Exact $\\hat\\epsilon$ given $\\alpha_t, \\sigma_t$ (floats or per-sample tensors)."""
         _, diff, var, resp, _ = self._terms(x, alpha, sigma)
-        sg = sigma.reshape(-1, 1) if isinstance(sigma, Tensor) else sigma
-        return (sg * (resp * diff / var).sum(1)).reshape(x.shape)
+        return (_per_sample(sigma, 2) * (resp * diff / var).sum(1)).reshape(x.shape)
 
     def x0(self, x: Tensor, alpha, sigma) -> Tensor:
         """Exact $\\hat x_0 = E[x_0\\mid x_t]$ given $\\alpha_t, \\sigma_t$."""
         xf, _, var, resp, _ = self._terms(x, alpha, sigma)
         _, mu, s = self._params(x)
-        a = alpha.reshape(-1, 1, 1) if isinstance(alpha, Tensor) else alpha
-        sg = sigma.reshape(-1, 1, 1) if isinstance(sigma, Tensor) else sigma
-        post = (sg * sg * mu.unsqueeze(0) + a * (s * s).reshape(1, -1, 1) * xf) / var
+        a = _per_sample(alpha, 3)
+        sg = _per_sample(sigma, 3)
+        post = (sg * sg * mu[None] + a * (s * s).reshape(1, -1, 1) * xf) / var
         return (resp * post).sum(1).reshape(x.shape)
 
     def _alpha_sigma(self, x: Tensor, t, schedule: NoiseSchedule):
@@ -149,6 +158,11 @@ class GaussianMixture:
             return param.from_noise(self.eps(x, p.alpha, p.sigma), x, p.alpha, p.sigma)
 
         return net
+
+
+def _per_sample(value, ndim: int):
+    """A number as it is; an array of per-sample values (or a scalar array) shaped ``(B or 1, 1, ...)`` to ``ndim`` dims."""
+    return value if isinstance(value, (int, float)) else value.reshape(-1, *([1] * (ndim - 1)))
 
 
 class AnalyticPredictor(Predictor):

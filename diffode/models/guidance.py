@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from diffode._namespace import is_jax_array, namespace
 from diffode._utils import check_finite_number
 from diffode.models.parameterizations import Noise
 from diffode.models.predictor import Predictor
@@ -22,12 +23,12 @@ def concat_conditions(first: Any, second: Any) -> Any:
     This is how ControlNet-style conditions (``{"c_concat": [...], "c_crossattn": [...]}``) are
     batched for classifier-free guidance.
     """
-    if isinstance(first, Tensor) and isinstance(second, Tensor):
+    if _is_array(first) and _is_array(second):
         if first.shape != second.shape:
             # Unequal batches would shift the halves of the doubled batch against each other.
             raise ValueError(f"unconditional_condition and condition must have the same shape, got "
                              f"{tuple(first.shape)} and {tuple(second.shape)} (expand the smaller one to the batch)")
-        return torch.cat([first, second])
+        return namespace(first).cat([first, second])
     if isinstance(first, Mapping) and isinstance(second, Mapping):
         if set(first) != set(second):
             raise ValueError(f"condition and unconditional_condition have different keys: {sorted(first)} vs {sorted(second)}")
@@ -65,13 +66,14 @@ class ClassifierFreeGuidance:
     def __call__(self, x: Tensor, t_input: Tensor, **kwargs) -> Tensor:
         if self.scale == 1.0:
             return self.network(x, t_input, self.condition, **kwargs)
-        out = self.network(torch.cat([x, x]), torch.cat([t_input, t_input]), self._both, **kwargs)
-        if not isinstance(out, Tensor) or out.shape[:1] != (2 * x.shape[0],):
-            got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+        xp = namespace(x)
+        out = self.network(xp.cat([x, x]), xp.cat([t_input, t_input]), self._both, **kwargs)
+        if not _is_array(out) or tuple(out.shape[:1]) != (2 * x.shape[0],):
+            got = tuple(out.shape) if _is_array(out) else type(out).__name__
             raise ValueError(f"classifier-free guidance calls the model on the doubled batch of {2 * x.shape[0]} "
                              f"samples and needs an output with that batch, got {got}")
-        out_uncond, out_cond = out.chunk(2)
-        return torch.lerp(out_uncond, out_cond, self.scale)
+        n = x.shape[0]
+        return xp.lerp(out[:n], out[n:], self.scale)
 
 
 class ClassifierGuidance(Predictor):
@@ -127,3 +129,8 @@ class ClassifierGuidance(Predictor):
 
 
 _NOISE = Noise()
+
+
+def _is_array(value) -> bool:
+    """A torch tensor, or a JAX array (the JAX backend's classifier-free guidance uses this class too)."""
+    return isinstance(value, Tensor) or is_jax_array(value)

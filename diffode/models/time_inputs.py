@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from diffode._namespace import namespace
 from diffode._utils import Number, check_finite_number
 from diffode.schedules.base import NoiseSchedule
 
@@ -111,7 +112,7 @@ class VESigma(_ScheduleTime):
         super().__init__(schedule)
 
     def map(self, t: Tensor | Number) -> Tensor:
-        return torch.exp(-self.schedule.lambda_(t))
+        return namespace(t).exp(-self.schedule.lambda_(t))
 
     def __repr__(self) -> str:
         return f"VESigma({self.schedule!r})"

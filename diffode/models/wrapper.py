@@ -20,7 +20,7 @@ from diffode.models.time_inputs import (
 )
 from diffode.schedules.base import NoiseSchedule, TimePoint
 
-__all__ = ["ModelWrapper", "wrap"]
+__all__ = ["ModelWrapper", "resolve_time_input", "wrap"]
 
 GUIDANCE_TYPES = ("uncond", "classifier", "classifier-free")
 TIME_INPUTS = ("discrete", "continuous", "noise_level")
@@ -99,6 +99,26 @@ class ModelWrapper(Predictor):
         return f"ModelWrapper({self.parameterization!r}, {self.time_input!r}, {self.schedule!r})"
 
 
+def resolve_time_input(time_input: str | ContinuousTime | None, schedule: NoiseSchedule,
+                       param: Parameterization) -> ContinuousTime:
+    """The time input a ``time_input=`` argument names (see :func:`wrap`); ``None`` picks the default."""
+    if time_input is None:
+        return default_time_input(schedule, param)
+    if isinstance(time_input, str):
+        check_choice("time_input", time_input, TIME_INPUTS)
+        if time_input == "noise_level":
+            return NoiseLevel(schedule, scale=1000.0)
+        if time_input == "discrete":
+            n = getattr(schedule, "N", None)
+            if n is None:
+                raise ValueError(f"time_input='discrete' needs a discrete schedule, got {schedule!r}")
+            return DiscreteTime(n)
+        return ContinuousTime()
+    if not isinstance(time_input, ContinuousTime):
+        raise TypeError("time_input must be 'discrete', 'continuous', 'noise_level', a ContinuousTime or None")
+    return time_input
+
+
 def wrap(model: Callable, schedule: NoiseSchedule, parameterization: str | Parameterization = "noise", *,
          guidance: str = "uncond", condition: Any = None, unconditional_condition: Any = None,
          scale: float = 1.0, classifier_fn: Callable | None = None, classifier_kwargs: dict | None = None,
@@ -159,21 +179,7 @@ def wrap(model: Callable, schedule: NoiseSchedule, parameterization: str | Param
         raise ValueError(f"unconditional_condition is used by guidance='classifier-free' only, got guidance={guidance!r}")
     if classifier_fn is not None and guidance != "classifier":
         raise ValueError(f"classifier_fn is used by guidance='classifier' only, got guidance={guidance!r}")
-    if time_input is None:
-        time_input = default_time_input(schedule, param)
-    elif isinstance(time_input, str):
-        check_choice("time_input", time_input, TIME_INPUTS)
-        if time_input == "noise_level":
-            time_input = NoiseLevel(schedule, scale=1000.0)
-        elif time_input == "discrete":
-            n = getattr(schedule, "N", None)
-            if n is None:
-                raise ValueError(f"time_input='discrete' needs a discrete schedule, got {schedule!r}")
-            time_input = DiscreteTime(n)
-        else:
-            time_input = ContinuousTime()
-    elif not isinstance(time_input, ContinuousTime):
-        raise TypeError("time_input must be 'discrete', 'continuous', 'noise_level', a ContinuousTime or None")
+    time_input = resolve_time_input(time_input, schedule, param)
     if guidance == "classifier-free":
         network = ClassifierFreeGuidance(model, condition, unconditional_condition, scale)
         return ModelWrapper(network, schedule, param, time_input, model_kwargs, network_dtype=network_dtype)

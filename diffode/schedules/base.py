@@ -35,6 +35,7 @@ from typing import TypeVar
 import torch
 from torch import Tensor
 
+from diffode._namespace import namespace
 from diffode._utils import Number, as_time, check_choice, check_finite_number, expand_to
 
 # Host times within this relative distance outside [t_min, T] are round-off, and are snapped to the
@@ -153,11 +154,11 @@ class NoiseSchedule(abc.ABC):
 
     def alpha(self, t: Tensor | Number) -> Tensor:
         """$\\alpha_t$, the scale of the data in $x_t$."""
-        return torch.exp(self.log_alpha(t))
+        return namespace(t).exp(self.log_alpha(t))
 
     def sigma(self, t: Tensor | Number) -> Tensor:
         """$\\sigma_t$, the standard deviation of the noise in $x_t$."""
-        return torch.exp(self.log_sigma(t))
+        return namespace(t).exp(self.log_sigma(t))
 
     def lambda_(self, t: Tensor | Number) -> Tensor:
         """Half log-SNR $\\lambda_t = \\log\\alpha_t - \\log\\sigma_t$, strictly decreasing in t."""
@@ -254,6 +255,17 @@ class NoiseSchedule(abc.ABC):
                              f"sigma={p.sigma!r})")
         # Keep the lambda that was asked for: the integrators' step sizes are defined in lambda.
         return TimePoint(t=p.t, lam=lam, alpha=p.alpha, sigma=p.sigma)
+
+    def array_point(self, lam) -> TimePoint:
+        """The :class:`TimePoint` at half log-SNR ``lam`` given as an array (a JAX scalar in a compiled loop).
+
+        :meth:`point_at_lambda` for values that stay on the device: the same formulas
+        (:meth:`inverse_lambda`, :meth:`alpha`, :meth:`sigma`), with no checks, the fields arrays.
+        """
+        t = self.inverse_lambda(lam)
+        xp = namespace(t)
+        # exp(log alpha), exp(log sigma) as in :meth:`points`, so both paths agree to the last bit.
+        return TimePoint(t=t, lam=lam, alpha=xp.exp(self.log_alpha(t)), sigma=xp.exp(self.log_sigma(t)))
 
     def add_noise(self, x0: Tensor, t: Tensor | Number, noise: Tensor | None = None) -> Tensor:
         """Sample $x_t = \\alpha_t x_0 + \\sigma_t\\,\\epsilon$ (``noise`` is drawn if not given).
@@ -403,7 +415,8 @@ class VPSchedule(NoiseSchedule):
 
     def log_sigma(self, t: Tensor | Number) -> Tensor:
         # sigma^2 = 1 - alpha^2 = -expm1(2 log alpha): exact near t = 0 where alpha -> 1.
-        return 0.5 * torch.log(-torch.expm1(2.0 * self.log_alpha(t)))
+        xp = namespace(t)
+        return 0.5 * xp.log(-xp.expm1(2.0 * self.log_alpha(t)))
 
     def g2(self, t: Tensor | Number) -> Tensor:
         return -2.0 * self.f(t)
@@ -419,7 +432,8 @@ class VPSchedule(NoiseSchedule):
     def log_alpha_from_lambda(lam: Tensor) -> Tensor:
         """$\\log\\alpha$ of any VP path at half log-SNR ``lam``: $\\alpha^2 = 1/(1 + e^{-2\\lambda})$
         (the path's time variable does not enter)."""
-        return -0.5 * torch.logaddexp(torch.zeros_like(lam), -2.0 * lam)
+        xp = namespace(lam)
+        return -0.5 * xp.logaddexp(xp.zeros_like(lam), -2.0 * lam)
 
 
 class VESchedule(NoiseSchedule):
@@ -430,7 +444,7 @@ class VESchedule(NoiseSchedule):
     """
 
     def log_alpha(self, t: Tensor | Number) -> Tensor:
-        return torch.zeros_like(as_time(t))
+        return namespace(t).zeros_like(as_time(t))
 
     def f(self, t: Tensor | Number) -> Tensor:
         return torch.zeros_like(as_time(t))

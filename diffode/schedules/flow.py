@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import math
 
-import torch
 from torch import Tensor
 
+from diffode._namespace import namespace
 from diffode._utils import Number, as_time, check_finite_number
 from diffode.schedules.base import NoiseSchedule
 
@@ -53,19 +53,19 @@ class FlowMatching(NoiseSchedule):
         return f"FlowMatching(shift={self.shift}, T={self.T})"
 
     def log_alpha(self, t: Tensor | Number) -> Tensor:
-        t = as_time(t)
-        return torch.log1p(-t) - torch.log1p((self.shift - 1.0) * t)
+        t, xp = as_time(t), namespace(t)
+        return xp.log1p(-t) - xp.log1p((self.shift - 1.0) * t)
 
     def log_sigma(self, t: Tensor | Number) -> Tensor:
-        t = as_time(t)
-        return self._log_shift + torch.log(t) - torch.log1p((self.shift - 1.0) * t)
+        t, xp = as_time(t), namespace(t)
+        return self._log_shift + xp.log(t) - xp.log1p((self.shift - 1.0) * t)
 
     def lambda_(self, t: Tensor | Number) -> Tensor:
-        t = as_time(t)
-        return torch.log1p(-t) - torch.log(t) - self._log_shift
+        t, xp = as_time(t), namespace(t)
+        return xp.log1p(-t) - xp.log(t) - self._log_shift
 
     def inverse_lambda(self, lam: Tensor | Number) -> Tensor:
-        return torch.sigmoid(-(as_time(lam) + self._log_shift))
+        return namespace(lam).sigmoid(-(as_time(lam) + self._log_shift))
 
     def f(self, t: Tensor | Number) -> Tensor:
         t = as_time(t)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from diffode._namespace import namespace
 from diffode._utils import Number, as_time
 from diffode.schedules.base import NoiseSchedule
 from diffode.schedules.vp import LinearVP
@@ -45,7 +46,8 @@ class SubVP(NoiseSchedule):
         return self._vp.log_alpha(t)
 
     def log_sigma(self, t: Tensor | Number) -> Tensor:
-        return torch.log(-torch.expm1(2.0 * self.log_alpha(t)))
+        xp = namespace(t)
+        return xp.log(-xp.expm1(2.0 * self.log_alpha(t)))
 
     def f(self, t: Tensor | Number) -> Tensor:
         return self._vp.f(t)
@@ -60,12 +62,12 @@ class SubVP(NoiseSchedule):
         return self.g2(t) + 2.0 * self.f(t) * torch.exp(2.0 * self.log_sigma(t))
 
     def inverse_lambda(self, lam: Tensor | Number) -> Tensor:
-        lam = as_time(lam)
+        lam, xp = as_time(lam), namespace(lam)
         # alpha solves e^lam (1 - alpha^2) = alpha: -log alpha = asinh(e^{-lam} / 2). For lam < 0 the
         # same value is written -lam + log(1/2 + sqrt(1/4 + e^{2 lam})), which cannot overflow.
-        small = torch.asinh(0.5 * torch.exp(-lam.clamp_min(0.0)))
-        large = -lam + torch.log(0.5 + torch.sqrt(0.25 + torch.exp(2.0 * lam.clamp_max(0.0))))
-        minus_log_alpha = torch.where(lam >= 0, small, large)
+        small = xp.asinh(0.5 * xp.exp(-xp.clamp(lam, min=0.0)))
+        large = -lam + xp.log(0.5 + xp.sqrt(0.25 + xp.exp(2.0 * xp.clamp(lam, max=0.0))))
+        minus_log_alpha = xp.where(lam >= 0, small, large)
         return self._vp.time_from_integral(2.0 * minus_log_alpha)
 
     def prior_std(self) -> float:

@@ -7,6 +7,7 @@ import math
 import torch
 from torch import Tensor
 
+from diffode._namespace import namespace
 from diffode._utils import Number, as_time, check_finite_number
 from diffode.schedules.base import VESchedule
 
@@ -95,13 +96,14 @@ class EDM(VESchedule):
         return self.sigma_min
 
     def log_sigma(self, t: Tensor | Number) -> Tensor:
-        return torch.log(as_time(t))
+        return namespace(t).log(as_time(t))
 
     def sigma(self, t: Tensor | Number) -> Tensor:
-        return as_time(t).clone()
+        t = as_time(t)
+        return t.clone() if isinstance(t, Tensor) else t
 
     def d_sigma2_dt(self, t: Tensor | Number) -> Tensor:
         return 2.0 * as_time(t)
 
     def inverse_lambda(self, lam: Tensor | Number) -> Tensor:
-        return torch.exp(-as_time(lam))
+        return namespace(lam).exp(-as_time(lam))

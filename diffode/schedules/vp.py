@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from diffode._namespace import namespace
 from diffode._utils import Number, as_time, check_finite_number
 from diffode.schedules.base import VPSchedule
 
@@ -19,7 +20,9 @@ def _interp(x: Tensor, xp: Tensor, fp: Tensor) -> tuple[Tensor, Tensor]:
 
     ``xp`` must be increasing. Returns the values and the slopes of the segments used.
     """
-    idx = torch.searchsorted(xp, x.reshape(-1).contiguous()).clamp(1, xp.numel() - 1)
+    ns = namespace(x)
+    flat = x.reshape(-1)
+    idx = ns.clamp(ns.searchsorted(xp, flat.contiguous() if ns is torch else flat), 1, xp.shape[0] - 1)
     x0, x1 = xp[idx - 1], xp[idx]
     y0, y1 = fp[idx - 1], fp[idx]
     slope = (y1 - y0) / (x1 - x0)
@@ -170,6 +173,9 @@ class DiscreteVP(VPSchedule):
         return 1.0 / self.N
 
     def _arrays(self, like: Tensor) -> tuple[Tensor, Tensor]:
+        xp = namespace(like)
+        if xp is not torch:  # a JAX array: the same tables as constants of its dtype
+            return xp.asarray(self.t_array.numpy(), like.dtype), xp.asarray(self.log_alpha_array.numpy(), like.dtype)
         key = (like.device, like.dtype)
         if key not in self._cache:
             self._cache[key] = (self.t_array.to(like.device, like.dtype), self.log_alpha_array.to(like.device, like.dtype))
@@ -190,7 +196,8 @@ class DiscreteVP(VPSchedule):
         t_array, log_alpha_array = self._arrays(lam)
         # log alpha is piecewise linear and decreasing in t, so its inverse is exact.
         target = self.log_alpha_from_lambda(lam)
-        return _interp(target, log_alpha_array.flip(0), t_array.flip(0))[0]
+        xp = namespace(lam)
+        return _interp(target, xp.flip(log_alpha_array, (0,)), xp.flip(t_array, (0,)))[0]
 
     def to_discrete(self, t: Tensor | Number) -> Tensor:
         """The network's own time input, ``(t - 1/N) * 1000`` (t = 1/N -> 0, t = 1 -> 999 for N = 1000)."""
@@ -230,7 +237,8 @@ class LinearVP(VPSchedule):
     def inverse_lambda(self, lam: Tensor | Number) -> Tensor:
         lam = as_time(lam)
         # -2 log alpha = log(1 + e^{-2 lambda}) on a VP path.
-        return self.time_from_integral(torch.logaddexp(torch.zeros_like(lam), -2.0 * lam))
+        xp = namespace(lam)
+        return self.time_from_integral(xp.logaddexp(xp.zeros_like(lam), -2.0 * lam))
 
     def time_from_integral(self, integral: Tensor) -> Tensor:
         r"""The time t with $\int_0^t \beta = -2\log\alpha_t$ equal to ``integral`` (>= 0).
@@ -239,7 +247,7 @@ class LinearVP(VPSchedule):
         cancellation, $t = 2I / (\sqrt{\beta_0^2 + 2(\beta_1-\beta_0)I} + \beta_0)$. Shared with
         :class:`~diffode.schedules.SubVP`, whose $\alpha_t$ is this schedule's.
         """
-        root = torch.sqrt(self.beta_0**2 + 2.0 * (self.beta_1 - self.beta_0) * integral)
+        root = namespace(integral).sqrt(self.beta_0**2 + 2.0 * (self.beta_1 - self.beta_0) * integral)
         return 2.0 * integral / (root + self.beta_0)
 
 
@@ -270,7 +278,8 @@ class CosineVP(VPSchedule):
         t = as_time(t)
         delta = t * self._scale
         # cos(u0 + d)/cos(u0) = 1 - 2 sin^2(d/2) - tan(u0) sin(d): no cancellation as t -> 0.
-        return torch.log1p(-2.0 * torch.sin(0.5 * delta) ** 2 - math.tan(self._u0) * torch.sin(delta))
+        xp = namespace(t)
+        return xp.log1p(-2.0 * xp.sin(0.5 * delta) ** 2 - math.tan(self._u0) * xp.sin(delta))
 
     def f(self, t: Tensor | Number) -> Tensor:
         t = as_time(t)
@@ -282,7 +291,8 @@ class CosineVP(VPSchedule):
         # Not arccos(alpha cos u0) / scale - s, which loses all relative precision of small t. With
         # d = t * scale, m = 1 - alpha = 2 sin^2(d/2) + tan(u0) sin(d) becomes a quadratic in
         # tau = tan(d/2): (2 - m) tau^2 + 2 tan(u0) tau - m = 0, whose root is taken without cancellation.
-        m = -torch.expm1(log_alpha)
+        xp = namespace(lam)
+        m = -xp.expm1(log_alpha)
         k = math.tan(self._u0)
-        tau = m / (k + torch.sqrt(k * k + m * (2.0 - m)))
-        return 2.0 * torch.atan(tau) / self._scale
+        tau = m / (k + xp.sqrt(k * k + m * (2.0 - m)))
+        return 2.0 * xp.atan(tau) / self._scale

@@ -2,7 +2,9 @@
 
 The Python blocks of one page run in order in one namespace, like the cells of a notebook, so a
 page may build on its earlier blocks. A block preceded by the line ``<!-- skip-snippet: reason -->``
-is not run (for the rare block that needs a network or a GPU).
+is not run (for the rare block that needs a network or a GPU). A page about an optional
+dependency says so in a line ``<!-- requires: jax -->``: without that package installed its blocks
+are skipped (with the reason), as the tests of the optional backends are.
 
 Shell blocks, in the docs and in the README: every script and test path they name must exist, every
 ``diffode`` command line must be accepted by the command's own argument parser, and every
@@ -38,6 +40,7 @@ DOCS = ROOT / "docs"
 FENCE = re.compile(r"^(?P<indent>[ \t]*)(?P<fence>```+|~~~+)[ \t]*(?P<lang>[\w+-]*)[^\n]*\n(?P<body>.*?)^(?P=indent)(?P=fence)[ \t]*$",
                    re.MULTILINE | re.DOTALL)
 SKIP = re.compile(r"<!--\s*skip-snippet:\s*(?P<reason>.+?)\s*-->\s*$")
+REQUIRES = re.compile(r"^<!--\s*requires:\s*(?P<modules>[\w., ]+?)\s*-->\s*$", re.MULTILINE)
 PYTHON = {"python", "py", "python3"}
 SHELL = {"bash", "sh", "shell", "console"}
 
@@ -86,6 +89,9 @@ def isolated(monkeypatch, tmp_path):
 
 @pytest.mark.parametrize("page", [*pages(PYTHON), ROOT / "README.md"], ids=_id)
 def test_python_snippets_run(page: Path, isolated):
+    for mark in REQUIRES.finditer(page.read_text(encoding="utf-8")):
+        for module_name in mark.group("modules").replace(",", " ").split():
+            pytest.importorskip(module_name, reason=f"{_id(page)} documents the optional {module_name} backend")
     name = "docs_" + re.sub(r"\W", "_", _id(page))
     module = types.ModuleType(name)
     module.__file__ = str(page)
