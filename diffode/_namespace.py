@@ -18,7 +18,14 @@ __all__ = ["is_jax_array", "namespace"]
 
 
 def is_jax_array(value: Any) -> bool:
-    """Whether ``value`` is a JAX array or tracer (checked without importing JAX)."""
+    """Whether ``value`` is a JAX array or tracer (checked without importing JAX).
+
+    Tensors and Python numbers are answered by ``isinstance`` first: that is all a PyTorch solve
+    meets, and ``torch.compile`` traces it without a graph break (it cannot trace the module name's
+    string test).
+    """
+    if value is None or isinstance(value, (torch.Tensor, bool, int, float, complex)):
+        return False
     return type(value).__module__.startswith(("jax", "jaxlib"))
 
 
