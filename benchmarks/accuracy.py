@@ -46,7 +46,6 @@ plain RMSE, and the flip count with the RMSE over the other samples beside it.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import math
 import sys
 import time
@@ -59,6 +58,7 @@ import _common
 from _common import Counter, markdown_table
 import diffode as dd
 from diffode import study
+from diffode._utils import default_dtype
 from diffode.integrators import INTEGRATORS, get_integrator
 from diffode.models.builtin import load_model
 
@@ -250,16 +250,6 @@ def run_diffode(problem: Problem, integrator, plan):
     with torch.no_grad():
         sol = dd.solve(problem.model, problem.x, integrator, plan)
     return sol.x, sol.nfe, (math.inf if plan.denoise_to_zero else problem.lam_end)
-
-
-@contextlib.contextmanager
-def default_dtype(dtype):
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        yield
-    finally:
-        torch.set_default_dtype(previous)
 
 
 def run_reference(problem: Problem, algorithm: str, method: str, order: int, skip: str, nfe: int):

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import numbers
 import operator
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -41,6 +42,17 @@ class NonFiniteError(ValueError):
         message = (f"non-finite {what} {where} (t={self.t:.6g}) in {len(self.samples)} sample(s), "
                    f"batch indices {shown}")
         super().__init__(message + (f"; {detail}" if detail else ""))
+
+
+@contextlib.contextmanager
+def default_dtype(dtype: torch.dtype) -> Iterator[None]:
+    """Torch's default dtype set to ``dtype`` inside the block, restored after it (errors included)."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
 
 
 def nonfinite_samples(value: Tensor) -> list[int]:

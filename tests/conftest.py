@@ -6,6 +6,8 @@ import pytest
 import torch
 from hypothesis import settings
 
+from diffode._utils import default_dtype
+
 # The one place the suite's thread count is set. Tiny tensors dominate the suite; with two intra-op
 # threads some kernels (softmax, searchsorted) take milliseconds instead of microseconds on small
 # shared machines. Results do not depend on it.
@@ -18,6 +20,13 @@ torch.set_num_threads(1)
 settings.register_profile("diffode", derandomize=True, database=None, print_blob=True)
 settings.register_profile("explore", derandomize=False, database=None, print_blob=True)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "diffode"))
+
+
+@pytest.fixture
+def float64_default():
+    """Run with float64 as torch's default dtype (the reference DPM-Solver builds its time grids in it)."""
+    with default_dtype(torch.float64):
+        yield
 
 
 @pytest.fixture(autouse=True)

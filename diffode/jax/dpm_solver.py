@@ -29,10 +29,9 @@ the end of the interval approached exactly) and records its NFE in ``last_nfe`` 
 
 from __future__ import annotations
 
-import contextlib
 import math
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -40,7 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 import torch
 
-from diffode._utils import check_choice
+from diffode._utils import check_choice, default_dtype
 from diffode.compat import dpm_solver as torch_compat
 from diffode.compat._model import GUIDANCE_TYPES, MODEL_TYPES, ReferenceTimeInput
 from diffode.controllers import AdaptiveController
@@ -62,18 +61,6 @@ _METHODS = ("singlestep", "multistep", "singlestep_fixed", "adaptive")
 def _default_dtype() -> torch.dtype:
     """JAX's default float: float64 with ``jax_enable_x64``, else float32."""
     return torch.float64 if jax.config.read("jax_enable_x64") else torch.float32
-
-
-@contextlib.contextmanager
-def _torch_default_dtype(dtype: torch.dtype) -> Iterator[None]:
-    # The PyTorch compat layer builds its grids in torch's default dtype (the reference's rule);
-    # here that must be JAX's default dtype.
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        yield
-    finally:
-        torch.set_default_dtype(previous)
 
 
 def _host_array(value: Any, name: str) -> torch.Tensor | None:
@@ -249,7 +236,9 @@ class DPM_Solver:
         recording = _Recording(size)
         start = torch.zeros(size, dtype=torch.float64)
         start[0] = 1.0
-        with _torch_default_dtype(_default_dtype()):
+        # The PyTorch compat layer builds its grids in torch's default dtype (the reference's rule);
+        # here that must be JAX's default dtype.
+        with default_dtype(_default_dtype()):
             final = self._torch_solver(recording).sample(start, **options)
             program = from_calls(recording.calls, final, None, f"DPM_Solver.sample(method={method!r})")
 

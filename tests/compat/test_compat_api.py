@@ -94,15 +94,6 @@ def mixture_solver(ns, algorithm_type="dpmsolver++", **kwargs):
     return raw, DPM_Solver(model_wrapper(lambda x, t: raw(x, t), ns), ns, algorithm_type, **kwargs)
 
 
-@pytest.fixture
-def float64_default():
-    """Run with float64 as the torch default dtype (the reference builds its time grids in it)."""
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(previous)
-
-
 def x_T(dtype=torch.float64) -> torch.Tensor:
     return torch.randn(3, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64).to(dtype)
 

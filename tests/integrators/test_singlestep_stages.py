@@ -11,14 +11,6 @@ from diffode.study import configure_integrator
 from tests.helpers import DDPM_BETAS, mixture4, reference, rmse
 
 
-@pytest.fixture
-def float64_default():
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(previous)
-
-
 def test_fractions_follow_the_grid():
     schedule = dd.LinearVP()
     s, t = schedule.point(0.5), schedule.point(0.2)
