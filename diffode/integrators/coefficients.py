@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -55,7 +56,7 @@ def _phi_recursion(k: int, z, expm1):
     return value
 
 
-def phi(k: int, z):
+def phi(k: int, z: Any) -> Any:
     r"""$\varphi_k(z) = \sum_{j\ge0} z^j/(j+k)!$, accurate to round-off for every real ``z``.
 
     Args:

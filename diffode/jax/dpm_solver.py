@@ -249,9 +249,9 @@ class DPM_Solver:
             check_linear(program, run_test_model, f"DPM_Solver(thresholding={self.thresholding}).sample")
         return program
 
-    def sample(self, x, steps: int = 20, t_start: float | None = None, t_end: float | None = None, order: int = 3,
+    def sample(self, x: Any, steps: int = 20, t_start: float | None = None, t_end: float | None = None, order: int = 3,
                skip_type: str = 'time_uniform', method: str = 'singlestep', denoise: bool = False,
-               solver_type: str = 'dpm_solver', atol: float = 0.0078, rtol: float = 0.05):
+               solver_type: str = 'dpm_solver', atol: float = 0.0078, rtol: float = 0.05) -> Any:
         """Solve the diffusion ODE from ``t_start`` (default ``T``) to ``t_end`` (default ``1/N``).
 
         Args:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -57,7 +58,7 @@ class Sampler:
         NotRepresentableError: For an integrator that is stochastic, adaptive or not linear.
     """
 
-    def __init__(self, model: Model, integrator: Integrator | str, plan: Plan | int, **options):
+    def __init__(self, model: Model, integrator: Integrator | str, plan: Plan | int, **options: Any):
         if not isinstance(model, Model):
             raise TypeError(f"model must be a diffode.jax.Model (diffode.jax.wrap(network, schedule, ...)), got "
                             f"{type(model).__name__}")
