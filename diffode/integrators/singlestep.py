@@ -12,7 +12,7 @@ from diffode._utils import check_choice, check_finite_number
 from diffode.integrators.base import ExponentialIntegrator, State, Update, exponential_update, point_at_lambda
 from diffode.integrators.grids import GivenTimes, SigmaTable, TimeGrid, get_grid
 from diffode.models.predictor import Predictor
-from diffode.schedules.base import NoiseSchedule, TimePoint
+from diffode.schedules.base import NoiseSchedule, TimePoint, memoised
 
 __all__ = ["DPMSolverSinglestep", "Stage", "grid_stage_fractions", "run_stages", "singlestep_orders", "stages_for"]
 
@@ -81,6 +81,13 @@ def grid_stage_fractions(schedule: NoiseSchedule, grid: TimeGrid, s: float, t: f
         raise ValueError(f"{grid!r} gave {lam.numel()} times for {order} steps from t={s:.6g} to t={t:.6g}; the stages "
                          "of a singlestep step need a grid rule whose times follow the interval")
     return tuple(((lam[1:-1] - lam[0]) / (lam[-1] - lam[0])).tolist())
+
+
+@torch.compiler.assume_constant_result
+def stage_fractions(schedule: NoiseSchedule, grid: TimeGrid, s: float, t: float, order: int) -> tuple[float, ...]:
+    """:func:`grid_stage_fractions`, memoised per schedule (host numbers; a constant for the compiler)."""
+    return memoised(schedule, ("grid_stage_fractions", grid, s, t, order),
+                    lambda: grid_stage_fractions(schedule, grid, s, t, order))
 
 
 def singlestep_orders(nfe: int, order: int) -> list[int]:
@@ -213,7 +220,9 @@ class DPMSolverSinglestep(ExponentialIntegrator):
         """The stages of an order-``order`` step from ``s`` to ``t`` (placed by ``stages``)."""
         if self.stages == "lambda" or order == 1:
             return self._stages[order]
-        return stages_for(order, self.solver_type, *grid_stage_fractions(schedule, self.stages, s.t, t.t, order))
+        # A pure function of the grid: memoised per schedule, so a rerun of the plan does no tensor work here.
+        fractions = stage_fractions(schedule, self.stages, float(s.t), float(t.t), order)
+        return stages_for(order, self.solver_type, *fractions)
 
     def _step(self, model: Predictor, x: Tensor, s: TimePoint, t: TimePoint, state: State, order: int) -> Update:
         stages = self.stages_of(model.schedule, s, t, order)
